@@ -120,6 +120,14 @@ class TeacherConfig:
     """Teacher sampling temperature (paper: 1.0)."""
     max_attempts_factor: int = 20
     """Rejection-sampling cap: at most this many samples per valid pair needed."""
+    one_shot: bool = False
+    """Append one worked example pair to the teacher prompt (paper: no; it found seeded teachers
+    copy the seeds). Tiny profile: yes, with response_prefix the smallest change that makes
+    the 135M model write valid pairs (README, 'Tiny profile')."""
+    response_prefix: str = ""
+    """Text the teacher's reply is forced to start with (part of the prompt, never trained on).
+    Paper: empty. Tiny profile: "<question>", the smallest change that makes the 135M model write
+    the pair format at all (README, 'Tiny profile')."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
 
@@ -142,6 +150,9 @@ class SoarConfig:
     """Groups per teacher step, the teacher batch (paper: 2)."""
     r: int = 4
     """Independent student trainings per dataset (paper: 4)."""
+    reward_metric: str = "accuracy"
+    """Score of a student on Q_R, whose gain is the grounded reward: accuracy (paper, greedy) |
+    shaped (mean shaped student reward, greedy; tiny profile, see README)."""
     q_r: int = 64
     """|Q_R|: questions drawn from D_train each outer step for the reward (paper: 64)."""
     tau: float = 0.01
@@ -150,6 +161,14 @@ class SoarConfig:
     """Moving-average window of the promotion rule (paper: 3)."""
     intrinsic_samples: int = 32
     """Samples per question for the learnability reward (paper: 32)."""
+
+
+@dataclass(frozen=True)
+class RunsConfig:
+    variants: tuple[str, ...] = ("grounded",)
+    """SOAR runs of the `soar` stage (names in `variants`); DVC runs each variant x seed."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds of every SOAR run (the paper reports several)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +184,10 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     soar: SoarConfig = field(default_factory=SoarConfig)
+    runs: RunsConfig = field(default_factory=RunsConfig)
+    variants: dict = field(default_factory=lambda: {"grounded": {}})
+    """Variant name -> overrides of the sections above (`load(..., variant=name)` applies them):
+    PAPER.md's grounded (SOAR), intrinsic (Intrinsic-T), no_promotion, base_teacher (Base-T)."""
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -185,6 +208,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return _build(tp, value, where)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -219,13 +246,32 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+# Fields with a closed set of values; anything else is an error naming the key.
+CHOICES = {
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "generation.backend": ("hf", "vllm"),
+    "student.adapter": ("lora", "full"),
+    "teacher.adapter": ("lora", "full"),
+    "soar.reward": ("grounded", "intrinsic"),
+    "soar.teacher_mode": ("trained", "base"),
+    "soar.reward_metric": ("accuracy", "shaped"),
+}
+
+
 def from_dict(data: dict, *, where: str = "params") -> Config:
-    """Build a Config from a plain mapping (checks keys and types)."""
-    return _build(Config, data or {}, "")
+    """Build a Config from a plain mapping (checks keys, types and the CHOICES)."""
+    cfg = _build(Config, data or {}, "")
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+    return cfg
 
 
-def load(path: str | Path = "params.yaml", overrides: dict | None = None) -> Config:
-    """Read params.yaml, apply its profile overlay, then `overrides` (papermill sweeps)."""
+def load(path: str | Path = "params.yaml", overrides: dict | None = None, *, variant: str | None = None) -> Config:
+    """Read params.yaml, apply its profile overlay, then the named variant's overrides, then
+    `overrides` (papermill sweeps). Later layers win."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -240,11 +286,16 @@ def load(path: str | Path = "params.yaml", overrides: dict | None = None) -> Con
         if not overlay.exists():
             raise ConfigError(f"{path}: profile {profile!r} has no file {overlay}")
         data = _merge(data, yaml.safe_load(overlay.read_text()) or {})
-        data = _merge(data, overrides or {})  # explicit overrides win over the profile
+    if variant is not None:
+        variants = data.get("variants") or {}
+        if variant not in variants:
+            raise ConfigError(f"{path}: unknown variant {variant!r}; known: {sorted(variants)}")
+        data = _merge(data, variants[variant] or {})
+    data = _merge(data, overrides or {})  # explicit overrides win over profile and variant
     try:
         return from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{path}{f' (variant {variant!r})' if variant else ''}: {e}") from None
 
 
 def to_dict(cfg: Any) -> dict:
@@ -279,4 +330,6 @@ def fingerprint(cfg: Config) -> str:
     import hashlib
     import json
 
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    # Which runs exist (runs, variants) does not change what one run computes.
+    resolved = {k: v for k, v in to_dict(cfg).items() if k not in ("runs", "variants")}
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]

@@ -86,3 +86,13 @@ def bootstrap_ci(values: Sequence[float], *, stat: Callable = np.mean, n_boot: i
     stats = np.array([stat(x[row]) for row in idx], dtype=np.float64)  # (n_boot,)
     lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def lexical_diversity(texts: list[str]) -> float:
+    """Mean pairwise Jaccard distance between the word sets of `texts` (0: all identical, 1: no
+    shared word). A cheap per-step diversity log; the embedding-based Vendi score is in analysis."""
+    sets = [set(t.lower().split()) for t in texts]
+    pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1 :]]
+    if not pairs:
+        return 0.0
+    return sum(1 - len(a & b) / max(len(a | b), 1) for a, b in pairs) / len(pairs)

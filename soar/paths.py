@@ -34,6 +34,11 @@ def stage_dir(stage: str, variant: str | None = None) -> Path:
     return RESULTS / stage if variant is None else RESULTS / stage / variant
 
 
+def soar_run(variant: str, seed: int) -> str:
+    """Name of one SOAR run (one cell of the soar stage's variant x seed matrix)."""
+    return f"{variant}/seed{seed}"
+
+
 def run_checkpoint(stage: str, variant: str) -> Path:
     """Resumable state of one run (teacher, baseline student, optimizers, RNG, PQ)."""
     return CHECKPOINTS / stage / variant

@@ -35,3 +35,37 @@ def fail_at_k_histogram(counts_by_pool: dict[str, Sequence[int]], k: int, path: 
         ax.set_title("fail@k filter: the 0/k bar is kept")
         ax.legend()
         return _save(fig, path)
+
+
+def _finish(fig, path: str | Path | None):
+    """Save when a path is given (DVC stages), else just return the figure (inline in notebooks)."""
+    if path is None:
+        fig.tight_layout()
+        return fig
+    return _save(fig, path)
+
+
+def teacher_reward(runs: dict[str, dict[int, list[dict]]], path: str | Path | None = None):
+    """Fig. 19: mean teacher reward per outer step for each variant; every seed faded, the mean
+    across seeds bold, promotions marked on the seed curves. runs: variant -> seed -> metric rows."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for color, (variant, seeds) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], runs.items()):
+            curves = []
+            for rows in seeds.values():
+                steps = [r["step"] for r in rows]
+                reward = [r["teacher/reward_mean"] for r in rows]
+                curves.append(dict(zip(steps, reward)))
+                ax.plot(steps, reward, color=color, alpha=0.25, lw=1)
+                promoted = [(r["step"], r["teacher/reward_mean"]) for r in rows if r.get("promotion")]
+                if promoted:
+                    ax.scatter(*zip(*promoted), color=color, marker="^", s=30, zorder=3)
+            common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            mean = [sum(c[s] for c in curves) / len(curves) for s in common]
+            ax.plot(common, mean, color=color, lw=2, label=f"{variant} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("outer step")
+        ax.set_ylabel("teacher reward (mean over datasets)")
+        ax.set_title("Teacher reward; ▲ promotion")
+        ax.legend(fontsize=8)
+        return _finish(fig, path)

@@ -37,11 +37,18 @@ TEACHER_PROMPT = (
 )
 
 
+# The one-shot example (tiny profile only; the paper's teacher prompt has no seed questions).
+TEACHER_EXAMPLE = (
+    "<question>A farmer has 12 cows and buys 7 more. How many cows does he have now?</question>"
+    "<answer>\\boxed{19}</answer>"
+)
+
+
 def student_messages(problem: str) -> list[dict[str, str]]:
     """Chat messages asking the student to solve `problem` and box the answer."""
     return [{"role": "user", "content": STUDENT_TEMPLATE.format(problem=problem)}]
 
 
-def teacher_messages() -> list[dict[str, str]]:
-    """Chat messages asking the teacher for one question-answer pair."""
-    return [{"role": "user", "content": TEACHER_PROMPT}]
+def teacher_messages(one_shot: bool = False) -> list[dict[str, str]]:
+    """Chat messages asking the teacher for one question-answer pair (optionally with an example)."""
+    return [{"role": "user", "content": TEACHER_PROMPT + ("\nExample:\n" + TEACHER_EXAMPLE if one_shot else "")}]

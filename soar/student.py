@@ -125,8 +125,9 @@ def train_student(policy, dataset: Sequence[Problem], cfg, *, steps: int, seed: 
                            batch_size=generation.batch_size, backend=generation.backend, progress=progress,
                            desc=f"student step {step}")
         # 2. shaped reward against the teacher's answer, 3. leave-one-out advantages per question
-        rewards = torch.tensor([[grading.student_reward(s.text, q.answer, grader=grader) for s in row]
-                                for q, row in zip(questions, samples)])  # (Q, G)
+        flat = grading.student_rewards([s.text for row in samples for s in row],
+                                       [q.answer for q, row in zip(questions, samples) for _ in row], grader=grader)
+        rewards = torch.tensor(flat).view(len(questions), cfg.samples_per_question)  # (Q, G)
         advantages = rl.rloo_advantages(rewards)  # (Q, G)
         # 4. one policy-gradient step on all Q*G completions
         stats = update(policy, optimizer, scheduler, [s for row in samples for s in row], advantages.flatten(),

@@ -24,8 +24,9 @@ import torch
 
 from soar import grading, prompts, rl
 from soar.data import Problem, sample_problems, seed_from
+from soar.metrics import lexical_diversity
 from soar.policy import make_optimizer, update
-from soar.sampling import generate
+from soar.sampling import encode_prompts, generate
 from soar.student import evaluate_student, train_student
 
 
@@ -37,26 +38,36 @@ class Dataset:
     samples: list = field(repr=False)
 
 
+def teacher_prompt(tokenizer, response_prefix: str = "", one_shot: bool = False) -> list[int]:
+    """Token ids of the teacher prompt (chat template) followed by the forced start of its reply.
+    The prefix is prompt, not action: the policy gradient never touches it."""
+    ids = encode_prompts(tokenizer, [prompts.teacher_messages(one_shot)])[0]
+    return ids + (tokenizer(response_prefix, add_special_tokens=False)["input_ids"] if response_prefix else [])
+
+
 def propose_datasets(teacher, count: int, n: int, cfg, generation, *, seed: int, grader,
                      progress: bool = False) -> tuple[list[Dataset], dict]:
     """Sample teacher outputs until `count` datasets of `n` valid pairs exist (rejection
     sampling, capped at max_attempts_factor samples per needed pair). Malformed outputs are
     dropped, never trained on (Proposition 1 keeps the gradient exact on what is kept).
-    Returns (datasets, stats) with the rejection rate and the count of each reason."""
+    Returns (datasets, stats) with the rejection rate and the count of each reason.
+
+    cfg: TeacherConfig; generation: GenerationConfig."""
     need, valid, rounds = count * n, [], 0
     reasons = {r: 0 for r in grading.REJECTION_REASONS}
     drawn = 0
+    prompt = teacher_prompt(teacher.tokenizer, cfg.response_prefix, cfg.one_shot)
     while len(valid) < need:
         if drawn >= need * cfg.max_attempts_factor:
-            raise RuntimeError(f"teacher produced {len(valid)} valid pairs of {need} after {drawn} samples; "
-                               f"rejections: {reasons}")
+            raise RuntimeError(f"teacher produced {len(valid)} valid pairs of {need} after {drawn} samples "
+                               f"(teacher.max_attempts_factor={cfg.max_attempts_factor}); rejections: {reasons}")
         batch = max(need - len(valid), generation.batch_size)
-        samples = generate(teacher.model, teacher.tokenizer, [prompts.teacher_messages()], n=batch,
+        samples = generate(teacher.model, teacher.tokenizer, [prompt], n=batch,
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=generation.top_p,
                            stop=("</answer>",), seed=seed_from(seed, rounds), batch_size=generation.batch_size,
                            backend=generation.backend, progress=progress, desc="teacher")[0]
         for s in samples:
-            parsed = grading.parse_teacher_output(s.text, grader=grader)
+            parsed = grading.parse_teacher_output(cfg.response_prefix + s.text, grader=grader)
             if isinstance(parsed, grading.Rejection):
                 reasons[parsed.reason] += 1
             elif len(valid) < need:
@@ -66,9 +77,18 @@ def propose_datasets(teacher, count: int, n: int, cfg, generation, *, seed: int,
         rounds += 1
     datasets = [Dataset([p for p, _ in valid[k * n : (k + 1) * n]], [s for _, s in valid[k * n : (k + 1) * n]])
                 for k in range(count)]
-    stats = {"teacher/rejection_rate": 1 - need / drawn, "teacher/samples_drawn": drawn,
+    stats = {"teacher/rejection_rate": sum(reasons.values()) / drawn, "teacher/samples_drawn": drawn,
              **{f"teacher/rejected_{r}": c for r, c in reasons.items()}}
     return datasets, stats
+
+
+def sample_questions(teacher, count: int, cfg, generation, *, seed: int, grader,
+                     progress: bool = True) -> tuple[list[Problem], dict]:
+    """`count` valid questions (with the teacher's answers) from any teacher, with the same
+    sampling and filter as training (paper: 128 per teacher, for the retraining baselines)."""
+    datasets, stats = propose_datasets(teacher, 1, count, cfg, generation, seed=seed, grader=grader,
+                                       progress=progress)
+    return datasets[0].problems, stats
 
 
 def intrinsic_reward(student, dataset: Dataset, cfg, generation, *, samples: int, seed: int, grader) -> float:
@@ -82,22 +102,48 @@ def intrinsic_reward(student, dataset: Dataset, cfg, generation, *, samples: int
     return sum(0.0 if s == 0 else 1.0 - s for s in rates) / len(rates)
 
 
-def teacher_reward(student, dataset: Dataset, q_r: list[Problem], baseline_accuracy: float, cfg, *, r: int,
+def q_r_score(model, tokenizer, q_r: list[Problem], cfg, *, grader) -> float:
+    """The student's greedy score on Q_R: accuracy (paper), or the mean shaped student reward
+    when soar.reward_metric is "shaped" (tiny profile: a 135M student is never right on its
+    hard split, so accuracy gains are identically zero; README, 'Tiny profile')."""
+    ev = evaluate_student(model, tokenizer, q_r, n_samples=1, grader=grader, max_new_tokens=cfg.student.max_new_tokens,
+                          temperature=0.0, batch_size=cfg.generation.batch_size, backend=cfg.generation.backend,
+                          progress=False)
+    if cfg.soar.reward_metric == "accuracy":
+        return ev.accuracy
+    rewards = grading.student_rewards([row[0].text for row in ev.samples], [p.answers or p.answer for p in q_r],
+                                      grader=grader, multiple=[p.multiple for p in q_r])
+    return sum(rewards) / len(rewards)
+
+
+def teacher_reward(student, dataset: Dataset, q_r: list[Problem], baseline_score: float, cfg, *, r: int,
                    extra_steps: int, seed: int, grader) -> dict:
-    """Grounded reward of X_k: train r students from the baseline on X_k (inner loop), measure
-    each one's greedy accuracy on Q_R, subtract the baseline's; average over the r students.
+    """Grounded reward of X_k: train r students from the baseline on X_k (inner loop), score
+    each one greedily on Q_R, subtract the baseline's score; average over the r students.
     Also returns the median student (by gain) as the promotion candidate of this dataset."""
-    gains, states = [], []
+    gains, states, train_s, eval_s = [], [], 0.0, 0.0
     for j in range(r):
+        clock = time.perf_counter()
         run = train_student(student, dataset.problems, cfg.student, steps=cfg.student.steps + extra_steps,
                             seed=seed_from(seed, j), grader=grader, generation=cfg.generation)
-        ev = evaluate_student(student.model, student.tokenizer, q_r, n_samples=1, grader=grader,
-                              max_new_tokens=cfg.student.max_new_tokens, temperature=0.0,
-                              batch_size=cfg.generation.batch_size, backend=cfg.generation.backend, progress=False)
-        gains.append(ev.accuracy - baseline_accuracy)
+        train_s += time.perf_counter() - clock
+        clock = time.perf_counter()
+        gains.append(q_r_score(student.model, student.tokenizer, q_r, cfg, grader=grader) - baseline_score)
+        eval_s += time.perf_counter() - clock
         states.append(run.state)
-    median = sorted(range(r), key=lambda j: (gains[j], j))[(r - 1) // 2]  # lower median for even r
-    return {"reward": sum(gains) / r, "gains": gains, "median_state": states[median], "median_gain": gains[median]}
+    median = median_index(gains)
+    return {"reward": sum(gains) / r, "gains": gains, "median_state": states[median], "median_gain": gains[median],
+            "train_s": train_s, "eval_s": eval_s}
+
+
+def median_index(values: list[float]) -> int:
+    """Index of the median value (the lower median for an even count; ties by position)."""
+    return sorted(range(len(values)), key=lambda j: (values[j], j))[(len(values) - 1) // 2]
+
+
+def best_index(values: list[float]) -> int:
+    """Index of the largest value (the first one on ties)."""
+    return max(range(len(values)), key=lambda k: (values[k], -k))
 
 
 def promotion_due(history: list[float], tau: float, window: int) -> bool:
@@ -116,6 +162,7 @@ class SoarState:
     teacher_state: dict = field(default_factory=dict)
     optimizer_state: dict = field(default_factory=dict)
     scheduler_state: dict = field(default_factory=dict)
+    rng: object = None  # torch's global RNG (every sampler is seeded explicitly; this is a guard)
     fingerprint: str = ""
 
 
@@ -138,13 +185,20 @@ class SoarRun:
         self.teacher.load_state(saved.teacher_state)
         self.optimizer.load_state_dict(saved.optimizer_state)
         self.scheduler.load_state_dict(saved.scheduler_state)
+        if saved.rng is not None:
+            torch.set_rng_state(saved.rng)
         for p in saved.promotions:  # replay promotions onto the base: the baseline student
             self.student.merge(p["state"])
+
+    def promotion_questions(self) -> list[dict]:
+        """PQ: the questions of every promoted dataset, with the outer step of its promotion."""
+        return [dict(p, promoted_at=pr["step"]) for pr in self.state.promotions for p in pr["problems"]]
 
     def save(self) -> None:
         s = self.state
         s.teacher_state = self.teacher.state()
         s.optimizer_state, s.scheduler_state = self.optimizer.state_dict(), self.scheduler.state_dict()
+        s.rng = torch.get_rng_state()
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_suffix(f".tmp{os.getpid()}")
         torch.save(s, tmp)
@@ -160,25 +214,25 @@ class SoarRun:
         datasets, row = propose_datasets(self.teacher, n_datasets, sc.n, cfg.teacher, cfg.generation,
                                          seed=seed_from(seed, 0), grader=self.grader)
         times["time/propose_s"] = time.perf_counter() - clock
-        # 2. Q_R: a fresh sample of D_train; the baseline student's greedy accuracy on it
+        # 2. Q_R: a fresh sample of D_train; the baseline student's greedy score on it
         clock = time.perf_counter()
         q_r = sample_problems(self.d_train, min(sc.q_r, len(self.d_train)), seed=(cfg.seed, t, 1))
         with self.student.reference() as base:
-            baseline_acc = evaluate_student(base, self.student.tokenizer, q_r, n_samples=1, grader=self.grader,
-                                            max_new_tokens=cfg.student.max_new_tokens, temperature=0.0,
-                                            batch_size=cfg.generation.batch_size, backend=cfg.generation.backend,
-                                            progress=False).accuracy
+            baseline_score = q_r_score(base, self.student.tokenizer, q_r, cfg, grader=self.grader)
+        eval_s = time.perf_counter() - clock
         # 3. inner loops: r students per dataset, rewarded on Q_R
         extra = cfg.student.extra_steps_after_promotion if self.state.promotions else 0
-        results = [teacher_reward(self.student, X, q_r, baseline_acc, cfg, r=sc.r, extra_steps=extra,
+        results = [teacher_reward(self.student, X, q_r, baseline_score, cfg, r=sc.r, extra_steps=extra,
                                   seed=seed_from(seed, 2, k), grader=self.grader) for k, X in enumerate(datasets)]
         grounded = [res["reward"] for res in results]
+        clock = time.perf_counter()
         if sc.reward == "intrinsic":
             rewards = [intrinsic_reward(self.student, X, cfg.student, cfg.generation, samples=sc.intrinsic_samples,
                                         seed=seed_from(seed, 3, k), grader=self.grader) for k, X in enumerate(datasets)]
         else:
             rewards = grounded
-        times["time/inner_loops_s"] = time.perf_counter() - clock
+        times["time/inner_loops_s"] = sum(res["train_s"] for res in results)
+        times["time/reward_eval_s"] = eval_s + sum(res["eval_s"] for res in results) + time.perf_counter() - clock
         # 4. RLOO across the datasets of each group; one teacher step on every pair of X_k
         clock = time.perf_counter()
         R = torch.tensor(rewards).view(sc.groups_per_step, sc.group_size)  # (B, g)
@@ -195,17 +249,18 @@ class SoarRun:
         self.state.grounded_history.append(sum(grounded) / len(grounded))
         promoted = sc.promotion and promotion_due(self.state.grounded_history, sc.tau, sc.window)
         if promoted:
-            best = max(range(len(results)), key=lambda k: (grounded[k], -k))
+            best = best_index(grounded)  # the best dataset; its median student becomes the baseline
             self.student.merge(results[best]["median_state"])
             self.state.promotions.append({"step": t, "state": results[best]["median_state"],
                                           "problems": [p.to_dict() for p in datasets[best].problems]})
             self.state.grounded_history.clear()  # a new baseline starts a new average
-        row.update({"step": t, "student/baseline_accuracy": baseline_acc,
-                    "student/trained_accuracy_mean": baseline_acc + sum(grounded) / len(grounded),
+        row.update({"step": t, "student/baseline_score": baseline_score,
+                    "student/trained_score_mean": baseline_score + sum(grounded) / len(grounded),
                     **{f"teacher/{k}": v for k, v in rl.group_stats(R).items()},
                     "teacher/reward_max": max(rewards), "teacher/grounded_mean": sum(grounded) / len(grounded),
                     "teacher/question_length_mean": sum(len(p.problem) for X in datasets for p in X.problems)
                     / max(1, sum(len(X.problems) for X in datasets)),
+                    "teacher/question_diversity": lexical_diversity([p.problem for X in datasets for p in X.problems]),
                     "promotion": promoted, "promotions": len(self.state.promotions), **times})
         samples = [{"step": t, "dataset": k, "group": k // sc.group_size, "reward": rewards[k], "grounded": grounded[k],
                     "gains": results[k]["gains"], "advantage": float(A[k]),

@@ -45,6 +45,23 @@ class MetricsLog:
         write_jsonl(self.path, rows)
 
 
+def resume_records(run_dir: str | Path, keep_steps: int) -> MetricsLog:
+    """Open a run's records for appending from outer step `keep_steps`: metric rows and sample
+    files of later steps (left by a killed run, or by a run of other params) are removed."""
+    run_dir = Path(run_dir)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    log.truncate(keep_steps)
+    for f in (run_dir / "samples").glob("step_*.jsonl"):
+        if int(f.stem.removeprefix("step_")) >= keep_steps:
+            f.unlink()
+    return log
+
+
+def samples_file(run_dir: str | Path, step: int) -> Path:
+    """Every dataset of one outer step, with its questions, answers and reward."""
+    return Path(run_dir) / "samples" / f"step_{step:06d}.jsonl"
+
+
 def read_log(path: str | Path) -> list[dict]:
     """Rows of a MetricsLog; a torn final line (killed mid-write) is ignored."""
     path = Path(path)
@@ -77,8 +94,8 @@ def summarize_soar(rows: list[dict], grader_stats: dict) -> dict:
         "promotions": rows[-1]["promotions"],
         "promotion_steps": [r["step"] for r in rows if r["promotion"]],
         "rejection_rate_mean": sum(r["teacher/rejection_rate"] for r in rows) / len(rows),
-        "baseline_accuracy_first": rows[0]["student/baseline_accuracy"],
-        "baseline_accuracy_last": rows[-1]["student/baseline_accuracy"],
+        "baseline_score_first": rows[0]["student/baseline_score"],
+        "baseline_score_last": rows[-1]["student/baseline_score"],
         "seconds_per_step": sum(v for r in rows for k, v in r.items() if k.startswith("time/")) / len(rows),
         "grader": grader_stats,
     }

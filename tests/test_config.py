@@ -36,6 +36,25 @@ def test_paper_profile_has_table3_values():
     assert (c.student.max_new_tokens, c.teacher.max_new_tokens) == (1024, 512)
     assert (c.fail_at_k.k, c.fail_at_k.max_new_tokens, c.fail_at_k.temperature) == (128, 1024, 1.0)
     assert c.student.adapter == c.teacher.adapter == "full"
+    assert (c.teacher.response_prefix, c.teacher.one_shot, c.soar.reward_metric) == ("", False, "accuracy")
+
+
+def test_variant_overrides_apply_after_the_profile_and_before_explicit_overrides():
+    c = config.load(ROOT / "params.yaml", {"profile": "paper"}, variant="intrinsic")
+    assert (c.soar.reward, c.soar.n) == ("intrinsic", 64)
+    c = config.load(ROOT / "params.yaml", {"soar": {"reward": "grounded"}}, variant="intrinsic")
+    assert c.soar.reward == "grounded"
+    with pytest.raises(config.ConfigError, match="unknown variant 'nope'"):
+        config.load(ROOT / "params.yaml", variant="nope")
+    with pytest.raises(config.ConfigError, match=r"variant 'bad'.*soar: unknown key\(s\) \['rewrd'\]"):
+        config.load(ROOT / "params.yaml", {"variants": {"bad": {"soar": {"rewrd": 1}}}}, variant="bad")
+
+
+def test_fingerprint_ignores_which_runs_exist_but_not_what_a_run_computes():
+    a = config.load(ROOT / "params.yaml")
+    assert config.fingerprint(a) == config.fingerprint(config.load(ROOT / "params.yaml", {"runs": {"seeds": [0, 1]}}))
+    assert config.fingerprint(a) != config.fingerprint(config.load(ROOT / "params.yaml", {"seed": 1}))
+    assert config.fingerprint(a) != config.fingerprint(config.load(ROOT / "params.yaml", variant="intrinsic"))
 
 
 @pytest.mark.parametrize(
@@ -49,6 +68,8 @@ def test_paper_profile_has_table3_values():
         ({"fail_at_k": {"pools": "math_test"}}, "fail_at_k.pools: expected a list"),
         ({"student": 3}, "student: expected a mapping"),
         ({"profile": "nope"}, "has no file"),
+        ({"soar": {"reward": "grounde"}}, "soar.reward: 'grounde' is not one of"),
+        ({"generation": {"backend": "sglang"}}, "generation.backend: 'sglang' is not one of ['hf', 'vllm']"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key(override, message):
@@ -67,7 +88,7 @@ def test_params_yaml_sets_every_field_explicitly():
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     full = config.to_dict(config.Config())
     for section, fields in full.items():
-        if isinstance(fields, dict):
+        if isinstance(fields, dict) and section != "variants":  # variants: a free mapping
             assert set(data[section]) == set(fields), section
         else:
             assert section in data

@@ -156,3 +156,12 @@ def test_bootstrap_ci():
 def test_bootstrap_ci_errors(kwargs):
     with pytest.raises(ValueError):
         bootstrap_ci(**kwargs)
+
+
+def test_lexical_diversity_bounds():
+    from soar.metrics import lexical_diversity
+
+    assert lexical_diversity(["a b c", "a b c"]) == 0.0  # identical questions
+    assert lexical_diversity(["a b", "c d"]) == 1.0  # no shared word
+    assert lexical_diversity(["a b", "a c"]) == pytest.approx(2 / 3)  # 1 - {a} / {a, b, c}
+    assert lexical_diversity(["only one"]) == 0.0

@@ -23,8 +23,7 @@ def test_one_inner_step_changes_the_student_and_not_the_baseline(grader, monkeyp
     # Rewards need variance within a group for a nonzero RLOO step; the 135M model rarely boxes
     # anything in 8 tokens, so the reward here is made to differ between the two samples
     # (the real shaped reward is tested in test_grading; this test is about the update).
-    calls = iter(range(10_000))
-    monkeypatch.setattr("soar.grading.student_reward", lambda *a, **k: float(next(calls) % 2))
+    monkeypatch.setattr("soar.grading.student_rewards", lambda texts, golds, **k: [float(i % 2) for i in range(len(texts))])
     with policy.reference() as ref:
         before_ref = _weights(ref)
     before = policy.state()
