@@ -33,6 +33,7 @@ models/.converted: $(VENV)/.installed
 
 repro: setup
 	$(BIN)/dvc repro
+	$(BIN)/python -m soar.report  # README blocks from results/
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -43,6 +44,8 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_generation.py
 	$(BIN)/python benchmarks/bench_grading.py
+	$(BIN)/python benchmarks/bench_outer_step.py
+	$(BIN)/python -m soar.report
 
 clean-venv:
 	rm -rf $(VENV)

@@ -285,7 +285,10 @@ def load(path: str | Path = "params.yaml", overrides: dict | None = None, *, var
     if profile != "tiny":
         if not overlay.exists():
             raise ConfigError(f"{path}: profile {profile!r} has no file {overlay}")
-        data = _merge(data, yaml.safe_load(overlay.read_text()) or {})
+        layer = yaml.safe_load(overlay.read_text()) or {}
+        if "runs" in layer:  # dvc.yaml expands its matrix from params.yaml alone
+            raise ConfigError(f"{overlay}: `runs` is read by dvc.yaml from params.yaml only; set it there")
+        data = _merge(data, layer)
     if variant is not None:
         variants = data.get("variants") or {}
         if variant not in variants:

@@ -25,6 +25,7 @@ import torch
 from soar import grading, prompts, rl
 from soar.data import Problem, sample_problems, seed_from
 from soar.metrics import lexical_diversity
+from soar.parallel import InProcess
 from soar.policy import make_optimizer, update
 from soar.sampling import encode_prompts, generate
 from soar.student import evaluate_student, train_student
@@ -169,8 +170,10 @@ class SoarState:
 class SoarRun:
     """The meta-RL loop over a teacher Policy and a student Policy sharing no weights."""
 
-    def __init__(self, teacher, student, d_train: list[Problem], cfg, *, grader, checkpoint: Path, fingerprint: str):
+    def __init__(self, teacher, student, d_train: list[Problem], cfg, *, grader, checkpoint: Path, fingerprint: str,
+                 executor=None):
         self.teacher, self.student, self.d_train, self.cfg, self.grader = teacher, student, d_train, cfg, grader
+        self.executor = executor or InProcess()  # runs the inner loops; results never depend on it
         self.checkpoint = Path(checkpoint)
         self.optimizer, self.scheduler = make_optimizer(teacher, lr=cfg.teacher.lr, warmup_steps=cfg.teacher.warmup_steps,
                                                         total_steps=cfg.soar.outer_steps)
@@ -222,8 +225,9 @@ class SoarRun:
         eval_s = time.perf_counter() - clock
         # 3. inner loops: r students per dataset, rewarded on Q_R
         extra = cfg.student.extra_steps_after_promotion if self.state.promotions else 0
-        results = [teacher_reward(self.student, X, q_r, baseline_score, cfg, r=sc.r, extra_steps=extra,
-                                  seed=seed_from(seed, 2, k), grader=self.grader) for k, X in enumerate(datasets)]
+        results = self.executor.map(
+            lambda kX: teacher_reward(self.student, kX[1], q_r, baseline_score, cfg, r=sc.r, extra_steps=extra,
+                                      seed=seed_from(seed, 2, kX[0]), grader=self.grader), list(enumerate(datasets)))
         grounded = [res["reward"] for res in results]
         clock = time.perf_counter()
         if sc.reward == "intrinsic":

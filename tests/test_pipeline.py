@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+RUN = "results/soar/grounded/seed0"
+CKPT = "checkpoints/soar/grounded/seed0/state.pt"
+
+
 def _run(cmd, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    res = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res.stdout
 
@@ -31,6 +37,7 @@ def project(tmp_path_factory):
     (work / "results/notebooks").mkdir(parents=True)
     (work / "models").symlink_to(ROOT / "models")  # converted once by `make setup`
     params = (work / "params.yaml").read_text().replace("profile: tiny", "profile: smoke")
+    assert "variants: [grounded]" in params  # one run keeps CI short; the variants: test_teacher
     (work / "params.yaml").write_text(params)
     _run(["git", "init", "-q"], work)
     _run(["dvc", "init", "-q"], work)
@@ -41,7 +48,9 @@ def project(tmp_path_factory):
 def test_every_stage_writes_its_outputs(project):
     for rel in ("data/processed/pools/gsm8k_test.jsonl", "data/processed/hard/gsm8k_test_train.jsonl",
                 "results/fail_at_k/metrics.json", "results/figures/fail_at_k_histogram.png",
-                "results/notebooks/01_fail_at_k.ipynb"):
+                "results/notebooks/01_fail_at_k.ipynb", f"{RUN}/metrics.jsonl", f"{RUN}/metrics.json",
+                f"{RUN}/pq.jsonl", f"{RUN}/samples/step_000000.jsonl", f"{RUN}/samples/step_000001.jsonl",
+                "results/notebooks/02_train_soar-grounded-seed0.ipynb", CKPT):
         assert (project / rel).exists(), rel
 
 
@@ -62,3 +71,46 @@ def test_second_repro_does_nothing_and_status_is_clean(project):
     out = _run(["dvc", "repro"], project)
     assert "didn't change, skipping" in out or "Data and pipelines are up to date" in out
     assert "changed" not in _run(["dvc", "status"], project).replace("didn't change", "")
+
+
+def _rows(project):
+    rows = [json.loads(x) for x in (project / RUN / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_soar_logs_every_outer_step_and_its_datasets(project):
+    rows = _rows(project)
+    assert [r["step"] for r in rows] == [0, 1]
+    for r in rows:
+        for key in ("teacher/reward_mean", "teacher/reward_std", "teacher/frac_reward_zero_std",
+                    "teacher/rejection_rate", "student/baseline_score", "teacher/question_diversity", "promotion"):
+            assert key in r, key
+        samples = [json.loads(x) for x in (project / RUN / f"samples/step_{r['step']:06d}.jsonl").read_text().splitlines()]
+        assert len(samples) == 2 and all(len(s["questions"]) == len(s["answers"]) == 1 for s in samples)
+        assert r["teacher/reward_mean"] == sum(s["reward"] for s in samples) / len(samples)
+
+
+def test_killed_soar_run_resumes_to_the_uninterrupted_result(project):
+    """Kill `dvc repro` in the middle of outer step 1, re-run it: it resumes from the checkpoint of
+    step 0 and writes exactly what the uninterrupted run wrote."""
+    uninterrupted = _rows(project)
+    samples = (project / RUN / "samples/step_000001.jsonl").read_text()
+    (project / CKPT).unlink()
+    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", "soar@grounded-0"], cwd=project, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while not (project / CKPT).exists():  # the checkpoint appears when step 0 is complete
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.5)
+        time.sleep(5)  # well inside step 1
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert len(_rows(project)) == 1  # step 1 never completed
+    _run(["dvc", "repro", "-s", "soar@grounded-0"], project)
+    executed = (project / "results/notebooks/02_train_soar-grounded-seed0.ipynb").read_text()
+    assert "resuming at outer step 1" in executed
+    assert _rows(project) == uninterrupted
+    assert (project / RUN / "samples/step_000001.jsonl").read_text() == samples

@@ -1,0 +1,105 @@
+"""The README's numbers, rendered from results/ (never typed): `python -m soar.report`.
+
+Each block is a markdown table built from one results file; `render` replaces the text between
+`<!-- results:NAME -->` and `<!-- /results:NAME -->` in README.md. A missing results file renders
+as a line saying which stage produces it, so the README never shows a stale or invented number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from soar import paths
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _missing(path: Path, producer: str) -> str:
+    return f"_Not produced yet: `{path}` comes from {producer}._"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fail_at_k(root: Path) -> str:
+    path = paths.RESULTS / "fail_at_k" / "metrics.json"
+    m = _load(root / path)
+    if m is None:
+        return _missing(path, "the fail_at_k stage")
+    rows = [[pool, m["k"], p["problems"], p["hard"], f"{p['hard_fraction']:.0%}", f"{p['sample_accuracy']:.1%}",
+             f"{p['boxed_fraction']:.1%}", f"{p['mean_completion_tokens']:.0f}"] for pool, p in m["pools"].items()]
+    return _table(["pool", "k", "problems", "0/k (hard)", "hard share", "sample accuracy", "boxed answers",
+                   "mean tokens"], rows)
+
+
+def soar_runs(root: Path) -> str:
+    runs = sorted((root / paths.RESULTS / "soar").glob("*/seed*/metrics.json"))
+    if not runs:
+        return _missing(paths.RESULTS / "soar", "the soar stage")
+    rows = []
+    for path in runs:
+        m = json.loads(path.read_text())
+        samples = [json.loads(line) for f in sorted((path.parent / "samples").glob("step_*.jsonl"))
+                   for line in f.read_text().splitlines()]
+        nonzero = sum(s["grounded"] != 0 for s in samples)
+        rows.append([f"{path.parent.parent.name}/{path.parent.name}", m["outer_steps"],
+                     f"{m['rejection_rate_mean']:.0%}", f"{nonzero} of {len(samples)}",
+                     f"{m['reward_mean_all']:+.4f}", f"{m['reward_mean_best']:+.4f}", m["promotions"],
+                     f"{m['baseline_score_first']:.4f} → {m['baseline_score_last']:.4f}",
+                     f"{m['seconds_per_step']:.0f}"])
+    return _table(["run", "outer steps", "teacher rejection rate", "datasets with a nonzero grounded gain",
+                   "mean reward", "best step reward", "promotions", "baseline Q_R score (first → last step)",
+                   "s / outer step"], rows)
+
+
+def benchmarks(root: Path) -> str:
+    out = []
+    gen = _load(root / paths.BENCHMARKS / "generation.json")
+    if gen:
+        out.append(f"- Generation: `soar.sampling.generate` {gen['soar_generate']['tokens_per_s']:.0f} tokens/s vs a "
+                   f"per-prompt `model.generate` loop {gen['naive_loop']['tokens_per_s']:.0f} tokens/s in the same run: "
+                   f"**{gen['speedup']:.1f}x** ({gen['setup']['prompts']} prompts x {gen['setup']['n']} samples x "
+                   f"{gen['setup']['tokens']} tokens, {gen['machine']['torch_threads']} threads).")
+    gr = _load(root / paths.BENCHMARKS / "grading.json")
+    if gr:
+        out.append(f"- Grading: {gr['grade_many']['answers_per_s']:.0f} answers/s batched vs "
+                   f"{gr['is_correct_one_at_a_time']['answers_per_s']:.0f} one at a time "
+                   f"({gr['grade_many']['answers_per_s'] / gr['is_correct_one_at_a_time']['answers_per_s']:.2f}x; "
+                   f"{gr['grade_many']['fast_path_share']:.0%} settled by the exact fast path; worker pool cold start "
+                   f"{gr['pool_cold_start_s']:.2f} s).")
+    st = _load(root / paths.BENCHMARKS / "outer_step.json")
+    if st:
+        phases = ", ".join(f"{k} {v:.0f} s ({st['phase_share'][k]:.0%})" for k, v in st["phases_s"].items())
+        out.append(f"- One SOAR outer step, {st['profile']} profile, {st['threads']} CPU threads: **{st['step_s']:.0f} s**, "
+                   f"{st['step_over_budget']:.0%} of the 10-minute budget ({phases}); peak RSS "
+                   f"{st['peak_rss_mb'] / 1024:.1f} GiB; teacher rejection rate {st['rejection_rate']:.0%}.")
+    return "\n".join(out) if out else _missing(paths.BENCHMARKS, "`make bench`")
+
+
+BLOCKS = {"fail_at_k": fail_at_k, "soar": soar_runs, "benchmarks": benchmarks}
+
+
+def render(readme: str | Path = "README.md", root: str | Path = ".") -> list[str]:
+    """Rewrite every results block of `readme` from `root`/results; returns the names rendered."""
+    readme, root = Path(readme), Path(root)
+    text = readme.read_text()
+    done = []
+    for name, block in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- results:{name} -->)\n?.*?\n?(<!-- /results:{name} -->)", re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda m, b=block(root): f"{m.group(1)}\n{b}\n{m.group(2)}", text)
+            done.append(name)
+    readme.write_text(text)
+    return done
+
+
+if __name__ == "__main__":
+    print("rendered:", ", ".join(render(*sys.argv[1:])))

@@ -1,0 +1,22 @@
+"""README numbers come from results/ files, and a missing file is said, never invented."""
+
+import json
+
+from soar import report
+
+
+def test_blocks_render_from_results_and_missing_files_are_named(tmp_path):
+    (tmp_path / "results/fail_at_k").mkdir(parents=True)
+    (tmp_path / "results/fail_at_k/metrics.json").write_text(json.dumps({"k": 8, "pools": {"gsm8k_test": {
+        "problems": 48, "hard": 47, "hard_fraction": 47 / 48, "sample_accuracy": 0.0026, "boxed_fraction": 0.055,
+        "mean_completion_tokens": 182.0}}}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:fail_at_k -->\nstale 99%\n<!-- /results:fail_at_k -->\n"
+                      "<!-- results:soar -->\n<!-- /results:soar -->\nend\n")
+    assert report.render(readme, tmp_path) == ["fail_at_k", "soar"]
+    text = readme.read_text()
+    assert "stale" not in text and "| gsm8k_test | 8 | 48 | 47 | 98% | 0.3% | 5.5% | 182 |" in text
+    assert "_Not produced yet: `results/soar` comes from the soar stage._" in text
+    assert text.startswith("intro\n") and text.endswith("end\n")
+    report.render(readme, tmp_path)
+    assert readme.read_text() == text  # rendering is idempotent
