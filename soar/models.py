@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import warnings
 import sys
 import tempfile
 from pathlib import Path
@@ -110,7 +111,9 @@ def add_lora(model, *, r: int, alpha: int, adapter_name: str = "default"):
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg, adapter_name=adapter_name)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated for v6; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, cfg, adapter_name=adapter_name)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: readable in papermill records, no ipywidgets needed
 
 from soar.data import seed_from
 
