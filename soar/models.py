@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import warnings
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
