@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_generation.py
 	$(BIN)/python benchmarks/bench_grading.py
 	$(BIN)/python benchmarks/bench_outer_step.py
+	$(BIN)/python benchmarks/bench_inner_loop.py
 	$(BIN)/python -m soar.report
 
 clean-venv:

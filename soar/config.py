@@ -164,6 +164,57 @@ class SoarConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    methods: tuple[str, ...] = ("pq-curriculum", "pq-mixed", "grounded_t-curriculum", "base_t-curriculum",
+                                "intrinsic_t-curriculum", "hard_only", "hard_only-g128", "oracle")
+    """Fresh-student runs (names in soar.retrain.METHODS: <data>-<schedule>, hard_only[-g128], oracle)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of every fresh student (paper: 6-12 nested seeds)."""
+    soar_seed: int = 0
+    """The SOAR runs (soar stage seed) whose PQ and teachers the fresh students learn from."""
+    questions: int = 128
+    """N: questions sampled from each teacher for Grounded-T, Base-T and Intrinsic-T (paper: 128)."""
+    steps: int = 1500
+    """RLOO steps of a fresh student (paper: <= 1500)."""
+    synthetic_steps: int = 64
+    """Curriculum schedule: steps on the synthetic questions before the hard train split (paper: 64)."""
+    warmup_steps: int = 20
+    """Warmup of the fresh students (paper: 20; 0 for curriculum schedules, as in the paper)."""
+    questions_per_step: int = 8
+    """Questions per RLOO step (paper: 8)."""
+    samples_per_question: int = 32
+    """RLOO group (paper: 32; hard_only-g128 uses 4x)."""
+    max_new_tokens: int = 1024
+    """Answer length cap while training (paper: 1024)."""
+    eval_every: int = 50
+    """Steps between saved checkpoints (the candidates of the checkpoint choice)."""
+    smoothing: int = 20
+    """Moving-average window of the training reward whose slope picks the checkpoint."""
+    slope_fraction: float = 0.15
+    """Checkpoint: the first step after the steepest rise where the slope is below this share of it."""
+    window: int = 200
+    """Test scores are averaged over the saved checkpoints within this many steps of the chosen one."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    n_samples: int = 32
+    """Samples per test problem (paper: 32)."""
+    ks: tuple[int, ...] = (1, 4, 8, 16, 32)
+    """k of pass@k (each <= n_samples)."""
+    limit: int | None = None
+    """Test problems per benchmark (seeded sample); null = all."""
+    extra: tuple[str, ...] = ()
+    """Benchmarks evaluated whole besides the hard test splits (aime24, amc23; a HARP file by path)."""
+    max_new_tokens: int = 1024
+    """Answer length cap (paper: 1024)."""
+    temperature: float = 1.0
+    """Sampling temperature of the evaluation."""
+    n_boot: int = 1000
+    """Bootstrap draws of the 95% confidence intervals (resampling test problems)."""
+
+
+@dataclass(frozen=True)
 class RunsConfig:
     variants: tuple[str, ...] = ("grounded",)
     """SOAR runs of the `soar` stage (names in `variants`); DVC runs each variant x seed."""
@@ -185,6 +236,8 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     soar: SoarConfig = field(default_factory=SoarConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     variants: dict = field(default_factory=lambda: {"grounded": {}})
     """Variant name -> overrides of the sections above (`load(..., variant=name)` applies them):
     PAPER.md's grounded (SOAR), intrinsic (Intrinsic-T), no_promotion, base_teacher (Base-T)."""
@@ -333,6 +386,7 @@ def fingerprint(cfg: Config) -> str:
     import hashlib
     import json
 
-    # Which runs exist (runs, variants) does not change what one run computes.
-    resolved = {k: v for k, v in to_dict(cfg).items() if k not in ("runs", "variants")}
+    # Which runs exist (runs, variants) and what later stages do with them (retrain, evaluate)
+    # do not change what one SOAR run computes.
+    resolved = {k: v for k, v in to_dict(cfg).items() if k not in ("runs", "variants", "retrain", "evaluate")}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]

@@ -189,6 +189,14 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write(text)
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file written by write_json; a broken one is an error naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, f"invalid JSON: {e.msg}") from None
+
+
 # ---------------------------------------------------------------- loaders
 
 

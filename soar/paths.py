@@ -39,6 +39,16 @@ def soar_run(variant: str, seed: int) -> str:
     return f"{variant}/seed{seed}"
 
 
+def retrain_run(pool: str, method: str, seed: int) -> str:
+    """Name of one fresh student of the retrain stage (its results and checkpoints directory)."""
+    return f"{pool}/{method}/seed{seed}"
+
+
+def eval_samples(bench: str, model: str, seed: int) -> Path:
+    """Per-problem outputs of one evaluated model (n, successes, every completion)."""
+    return RESULTS / "eval" / "samples" / bench / model / f"seed{seed}.jsonl"
+
+
 def run_checkpoint(stage: str, variant: str) -> Path:
     """Resumable state of one run (teacher, baseline student, optimizers, RNG, PQ)."""
     return CHECKPOINTS / stage / variant

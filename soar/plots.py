@@ -69,3 +69,50 @@ def teacher_reward(runs: dict[str, dict[int, list[dict]]], path: str | Path | No
         ax.set_title("Teacher reward; ▲ promotion")
         ax.legend(fontsize=8)
         return _finish(fig, path)
+
+
+def retrain_rewards(curves: dict[tuple, list[dict]], path: str | Path | None = None):
+    """Fresh students' training reward per step, one colour per method (seeds faded, mean bold);
+    curves: (pool, method, seed) -> metric rows of the retrain stage."""
+    with plt.rc_context(STYLE):
+        pools = sorted({p for p, _, _ in curves})
+        fig, axes = plt.subplots(1, len(pools), figsize=(6 * len(pools), 3.5), squeeze=False)
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for ax, pool in zip(axes[0], pools):
+            methods = list(dict.fromkeys(m for p, m, _ in curves if p == pool))
+            for color, method in zip(colors * 3, methods):
+                runs = [rows for (p, m, _), rows in curves.items() if p == pool and m == method]
+                for rows in runs:
+                    ax.plot([r["step"] for r in rows], [r["student/reward_mean"] for r in rows], color=color,
+                            alpha=0.25, lw=1)
+                steps = sorted(set.intersection(*({r["step"] for r in rows} for rows in runs)))
+                mean = [sum(next(r["student/reward_mean"] for r in rows if r["step"] == s) for rows in runs) / len(runs)
+                        for s in steps]
+                ax.plot(steps, mean, color=color, lw=2, label=method)
+            ax.set_xlabel("RLOO step")
+            ax.set_ylabel("training reward (shaped)")
+            ax.set_title(f"Fresh students on {pool}")
+            ax.legend(fontsize=7)
+        return _finish(fig, path)
+
+
+def pass_at_k_curves(metrics: dict, path: str | Path | None = None):
+    """pass@k against k (log axis) per method, one panel per benchmark, with the bootstrap 95% CI
+    as a band."""
+    with plt.rc_context(STYLE):
+        benches = list(metrics["benchmarks"])
+        fig, axes = plt.subplots(1, len(benches), figsize=(5.5 * len(benches), 3.8), squeeze=False)
+        ks = metrics["ks"]
+        for ax, bench in zip(axes[0], benches):
+            for model, row in metrics["benchmarks"][bench].items():
+                mean = [100 * row["mean"][str(k)] for k in ks]
+                lo, hi = zip(*[[100 * c for c in row["ci"][str(k)]] for k in ks])
+                (line,) = ax.plot(ks, mean, marker="o", ms=3, label=model)
+                ax.fill_between(ks, lo, hi, color=line.get_color(), alpha=0.12)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.set_xlabel("k")
+            ax.set_ylabel("pass@k (%)")
+            ax.set_title(bench)
+            ax.legend(fontsize=7)
+        return _finish(fig, path)

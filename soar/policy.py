@@ -19,7 +19,7 @@ import math
 import torch
 
 from soar import rl
-from soar.models import add_lora, load_trainable_state, trainable_state
+from soar.models import add_lora, load_model, load_trainable_state, trainable_state
 
 ADAPTER = "default"
 
@@ -82,6 +82,13 @@ class Policy:
 
     def parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def load_policy(model_cfg, role) -> Policy:
+    """A fresh Policy on its own copy of the base model; role: StudentConfig or TeacherConfig
+    (adapter, lora_r, lora_alpha)."""
+    base, tokenizer = load_model(model_cfg.name, dtype=model_cfg.dtype, device=model_cfg.device)
+    return Policy(base, tokenizer, adapter=role.adapter, lora_r=role.lora_r, lora_alpha=role.lora_alpha)
 
 
 def make_optimizer(policy: Policy, *, lr: float, warmup_steps: int, total_steps: int):

@@ -81,10 +81,43 @@ def benchmarks(root: Path) -> str:
         out.append(f"- One SOAR outer step, {st['profile']} profile, {st['threads']} CPU threads: **{st['step_s']:.0f} s**, "
                    f"{st['step_over_budget']:.0%} of the 10-minute budget ({phases}); peak RSS "
                    f"{st['peak_rss_mb'] / 1024:.1f} GiB; teacher rejection rate {st['rejection_rate']:.0%}.")
+    il = _load(root / paths.BENCHMARKS / "inner_loop.json")
+    if il:
+        z = il["sizes"]
+        bound = "" if il["trl_finished"] else "more than "
+        stopped = "" if il["trl_finished"] else ", stopped unfinished at the time limit"
+        out.append(f"- Student inner loop, {z['inner_steps']} RLOO steps of {z['questions_per_step']} questions x "
+                   f"{z['samples_per_question']} samples x {z['max_new_tokens']} tokens (LoRA r = {z['lora_r']}, "
+                   f"micro-batch {z['micro_batch']}), same run: ours **{il['step_s']['ours']:.0f} s** per step, "
+                   f"TRL `RLOOTrainer` {bound}{il['step_s']['trl']:.0f} s per step{stopped} "
+                   f"(TRL / ours {bound}{il['trl_over_ours']:.1f}x).")
     return "\n".join(out) if out else _missing(paths.BENCHMARKS, "`make bench`")
 
 
-BLOCKS = {"fail_at_k": fail_at_k, "soar": soar_runs, "benchmarks": benchmarks}
+def main_table(root: Path) -> str:
+    path = paths.TABLES / "main.md"
+    m = _load(root / paths.RESULTS / "eval" / "metrics.json")
+    if m is None or not (root / path).exists():
+        return _missing(path, "the evaluate stage")
+    lines = [(root / path).read_text().strip(), ""]
+    for bench, shares in m["oracle_share"].items():
+        k = str(max(m["ks"]))
+        for method, by_k in shares.items():
+            s = by_k[k]
+            if s["value"] is None:
+                value = "undefined (the Oracle gains nothing over Hard-Only)"
+            else:
+                ci = "n/a" if s["ci"] is None else f"{100 * s['ci'][0]:.0f} to {100 * s['ci'][1]:.0f}%"
+                value = f"{100 * s['value']:.0f}% (95% CI {ci})"
+            lines.append(f"- Oracle gain recovered, {bench} pass@{k}, {method}: {value}")
+    some = next(iter(m["benchmarks"].values()))
+    row = next(iter(some.values()))
+    lines += ["", f"pass@k in %, mean ± SD over {len(row['seeds'])} seeds; {row['problems']} test problems x "
+              f"{m['n_samples']} samples each."]
+    return "\n".join(lines)
+
+
+BLOCKS = {"fail_at_k": fail_at_k, "soar": soar_runs, "main_table": main_table, "benchmarks": benchmarks}
 
 
 def render(readme: str | Path = "README.md", root: str | Path = ".") -> list[str]:

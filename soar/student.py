@@ -105,6 +105,31 @@ def question_schedule(n_questions: int, steps: int, per_step: int, seed: int) ->
     return [order[s * per_step : (s + 1) * per_step] for s in range(steps)]
 
 
+def rl_step(policy, optimizer, scheduler, questions: Sequence[Problem], cfg, *, samples_per_question: int,
+            max_new_tokens: int, seed: int, grader, generation, progress: bool = False, desc: str = "student") -> dict:
+    """One RLOO step of a student on a batch of questions (PAPER.md, Student): sample G answers
+    per question, shaped reward against each question's answer, leave-one-out advantages, one
+    policy-gradient step. Returns the step's reward and update statistics.
+
+    cfg: StudentConfig (kl_coef, temperature, max_grad_norm); generation: GenerationConfig."""
+    # 1. sample G answers per question from the current student
+    samples = generate(policy.model, policy.tokenizer, [prompts.student_messages(q.problem) for q in questions],
+                       n=samples_per_question, max_new_tokens=max_new_tokens, temperature=cfg.temperature,
+                       top_p=generation.top_p, seed=seed, batch_size=generation.batch_size,
+                       backend=generation.backend, progress=progress, desc=desc)
+    # 2. shaped reward against the question's answer, 3. leave-one-out advantages per question
+    flat = grading.student_rewards([s.text for row in samples for s in row],
+                                   [q.answers or q.answer for q, row in zip(questions, samples) for _ in row],
+                                   grader=grader, multiple=[q.multiple for q, row in zip(questions, samples) for _ in row])
+    rewards = torch.tensor(flat).view(len(questions), samples_per_question)  # (Q, G)
+    advantages = rl.rloo_advantages(rewards)  # (Q, G)
+    # 4. one policy-gradient step on all Q*G completions
+    stats = update(policy, optimizer, scheduler, [s for row in samples for s in row], advantages.flatten(),
+                   kl_coef=cfg.kl_coef, max_grad_norm=cfg.max_grad_norm)
+    return {**{f"student/{k}": v for k, v in rl.group_stats(rewards).items()},
+            **{f"student/{k}": v for k, v in stats.items()}}
+
+
 def train_student(policy, dataset: Sequence[Problem], cfg, *, steps: int, seed: int, grader,
                   generation, progress: bool = False) -> StudentRun:
     """The inner loop (PAPER.md, Student): reset the student to the baseline, then `steps` RLOO
@@ -117,21 +142,9 @@ def train_student(policy, dataset: Sequence[Problem], cfg, *, steps: int, seed: 
     optimizer, scheduler = make_optimizer(policy, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=steps)
     history = []
     for step, batch in enumerate(question_schedule(len(dataset), steps, cfg.questions_per_step, seed)):
-        questions = [dataset[i] for i in batch]
-        # 1. sample G = samples_per_question answers per question from the current student
-        samples = generate(policy.model, policy.tokenizer, [prompts.student_messages(q.problem) for q in questions],
-                           n=cfg.samples_per_question, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, top_p=generation.top_p, seed=seed_from(seed, 1, step),
-                           batch_size=generation.batch_size, backend=generation.backend, progress=progress,
-                           desc=f"student step {step}")
-        # 2. shaped reward against the teacher's answer, 3. leave-one-out advantages per question
-        flat = grading.student_rewards([s.text for row in samples for s in row],
-                                       [q.answer for q, row in zip(questions, samples) for _ in row], grader=grader)
-        rewards = torch.tensor(flat).view(len(questions), cfg.samples_per_question)  # (Q, G)
-        advantages = rl.rloo_advantages(rewards)  # (Q, G)
-        # 4. one policy-gradient step on all Q*G completions
-        stats = update(policy, optimizer, scheduler, [s for row in samples for s in row], advantages.flatten(),
-                       kl_coef=cfg.kl_coef, max_grad_norm=cfg.max_grad_norm)
-        history.append({"step": step, **{f"student/{k}": v for k, v in rl.group_stats(rewards).items()},
-                        **{f"student/{k}": v for k, v in stats.items()}})
+        stats = rl_step(policy, optimizer, scheduler, [dataset[i] for i in batch], cfg,
+                        samples_per_question=cfg.samples_per_question, max_new_tokens=cfg.max_new_tokens,
+                        seed=seed_from(seed, 1, step), grader=grader, generation=generation, progress=progress,
+                        desc=f"student step {step}")
+        history.append({"step": step, **stats})
     return StudentRun(policy.state(), history)

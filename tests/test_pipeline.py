@@ -50,8 +50,49 @@ def test_every_stage_writes_its_outputs(project):
                 "results/fail_at_k/metrics.json", "results/figures/fail_at_k_histogram.png",
                 "results/notebooks/01_fail_at_k.ipynb", f"{RUN}/metrics.jsonl", f"{RUN}/metrics.json",
                 f"{RUN}/pq.jsonl", f"{RUN}/samples/step_000000.jsonl", f"{RUN}/samples/step_000001.jsonl",
-                "results/notebooks/02_train_soar-grounded-seed0.ipynb", CKPT):
+                "results/notebooks/02_train_soar-grounded-seed0.ipynb", CKPT, f"{RUN}/questions.jsonl",
+                "results/retrain/metrics.json", "results/retrain/questions/base_t.jsonl",
+                "results/notebooks/03_train_students.ipynb", "results/figures/retrain_rewards.png",
+                "results/eval/metrics.json", "results/tables/main.md", "results/tables/paper_vs_ours.md",
+                "results/notebooks/04_evaluate.ipynb", "results/figures/pass_at_k.png"):
         assert (project / rel).exists(), rel
+
+
+def _jsonl(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_retrain_schedules_are_visible_in_the_logged_question_ids(project):
+    hard = {r["id"] for r in _jsonl(project / "data/processed/hard/gsm8k_test_train.jsonl")}
+    base_t = {r["id"] for r in _jsonl(project / "results/retrain/questions/base_t.jsonl")}
+    for seed in (0, 1):
+        curriculum = _jsonl(project / f"results/retrain/gsm8k_test/base_t-curriculum/seed{seed}/metrics.jsonl")
+        assert [r["step"] for r in curriculum] == [1, 2]
+        assert set(curriculum[0]["ids"]) <= base_t and set(curriculum[1]["ids"]) <= hard  # synthetic_steps = 1
+        hard_only = _jsonl(project / f"results/retrain/gsm8k_test/hard_only/seed{seed}/metrics.jsonl")
+        assert all(set(r["ids"]) <= hard for r in hard_only)
+        oracle = _jsonl(project / f"results/retrain/gsm8k_test/oracle/seed{seed}/metrics.jsonl")
+        assert all(i.startswith("gsm8k/train/") or i in hard for r in oracle for i in r["ids"])
+
+
+def test_main_table_recomputed_from_the_per_sample_outputs(project):
+    """pass@k by hand (math.comb) from every completion's verdict, against metrics.json."""
+    from math import comb
+
+    metrics = json.loads((project / "results/eval/metrics.json").read_text())
+    table = metrics["benchmarks"]["gsm8k_test"]
+    assert set(table) == {"base", "ps", "pq-mixed", "base_t-curriculum", "hard_only", "oracle"}
+    for model, row in table.items():
+        for k in metrics["ks"]:
+            per_seed = []
+            for seed in (0, 1):
+                recs = _jsonl(project / f"results/eval/samples/gsm8k_test/{model}/seed{seed}.jsonl")
+                assert all(r["n"] == len(r["correct"]) == metrics["n_samples"] and r["successes"] == sum(r["correct"])
+                           for r in recs)
+                per_seed.append(sum(1 - comb(r["n"] - r["successes"], k) / comb(r["n"], k) for r in recs) / len(recs))
+            assert abs(row["mean"][str(k)] - sum(per_seed) / 2) < 1e-12, (model, k)
+    main = (project / "results/tables/main.md").read_text()
+    assert "| Hard-Only |" in main and "| Oracle |" in main and "gsm8k_test @2" in main
 
 
 def test_fail_at_k_metrics_are_consistent_with_samples(project):

@@ -20,3 +20,14 @@ def test_blocks_render_from_results_and_missing_files_are_named(tmp_path):
     assert text.startswith("intro\n") and text.endswith("end\n")
     report.render(readme, tmp_path)
     assert readme.read_text() == text  # rendering is idempotent
+
+
+def test_readme_agrees_with_the_committed_results(tmp_path):
+    """Every rendered block of README.md equals what `python -m soar.report` makes from results/."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "README.md"
+    copy.write_text((root / "README.md").read_text())
+    report.render(copy, root)
+    assert copy.read_text() == (root / "README.md").read_text(), "README.md is stale: run `python -m soar.report`"

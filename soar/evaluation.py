@@ -1,0 +1,174 @@
+"""The main table (PAPER.md, "Results to compare against"): pass@k of every method on every
+benchmark from per-sample outputs, mean +- SD over seeds, bootstrap 95% CIs, and the share of
+the Oracle's gain over Hard-Only that a method recovers.
+
+Input is what the evaluate stage writes per (benchmark, model, seed): one record per test problem
+and evaluated checkpoint with n and successes (`soar.student.Evaluation.records`). A problem's
+pass@k is averaged over the checkpoints of its run's window, then over seeds; CIs resample test
+problems (paired across methods for the Oracle share). Values are fractions; tables show %.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from soar.metrics import aggregate_seeds, pass_at_k
+
+BASE, PS = "base", "ps"  # rows that are not fresh students: the base model and the Promoted Student
+LABELS = {"base": "Base model", "ps": "SOAR-PS", "hard_only": "Hard-Only", "hard_only-g128": "Hard-Only, group 128",
+          "pq-curriculum": "SOAR-PQ (curriculum)", "pq-mixed": "SOAR-PQ (mixed)",
+          "grounded_t-curriculum": "Grounded-T (curriculum)", "grounded_t-mixed": "Grounded-T (mixed)",
+          "base_t-curriculum": "Base-T (curriculum)", "base_t-mixed": "Base-T (mixed)",
+          "intrinsic_t-curriculum": "Intrinsic-T (curriculum)", "intrinsic_t-mixed": "Intrinsic-T (mixed)",
+          "oracle": "Oracle"}
+# PAPER.md, MATH fail@128 test, pass@k in % (Llama-3.2-3B-Instruct): the reference column of
+# results/tables/paper_vs_ours.md. Keyed by our method names.
+PAPER_MATH = {
+    "base": {1: 0.3, 4: 1.0, 8: 2.0, 16: 3.9, 32: 7.5},
+    "hard_only": {1: 0.5, 4: 1.7, 8: 3.2, 16: 5.7, 32: 9.6},
+    "hard_only-g128": {1: 1.4, 4: 3.9, 8: 6.1, 16: 8.9, 32: 12.4},
+    "pq-curriculum": {1: 1.7, 4: 5.3, 8: 8.5, 16: 13.0, 32: 18.9},
+    "ps": {1: 1.0, 4: 3.8, 8: 6.8, 16: 11.5, 32: 18.1},
+    "grounded_t-curriculum": {1: 1.6, 4: 5.1, 8: 8.4, 16: 13.1, 32: 19.1},
+    "intrinsic_t-curriculum": {1: 1.0, 4: 3.3, 8: 5.7, 16: 9.2, 32: 14.1},
+    "oracle": {1: 2.7, 4: 7.6, 8: 11.5, 16: 16.4, 32: 22.0},
+}
+PAPER_ORACLE_SHARE = {"math": 0.75, "harp": 0.50}
+
+
+def problem_pass_at_k(records: Sequence[Mapping], ks: Sequence[int]) -> dict[str, dict[int, float]]:
+    """{problem id: {k: pass@k}} from one run's records, averaged over its evaluated checkpoints."""
+    acc: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        for k in ks:
+            acc[r["id"]][k].append(pass_at_k(r["n"], r["successes"], k))
+    return {pid: {k: float(np.mean(v)) for k, v in by_k.items()} for pid, by_k in acc.items()}
+
+
+def summarize(runs: Mapping[str, Mapping[int, Sequence[Mapping]]], ks: Sequence[int], *, n_boot: int = 1000,
+              seed: int = 0) -> dict:
+    """Per model of one benchmark: pass@k per seed, mean/std over seeds, and a bootstrap 95% CI
+    over test problems of the seed-averaged pass@k; plus the per-problem values the CIs and
+    the Oracle share resample. runs: {model: {seed: records}}."""
+    out = {}
+    for model, by_seed in runs.items():
+        per_seed = {s: problem_pass_at_k(recs, ks) for s, recs in by_seed.items()}
+        ids = sorted(set.intersection(*(set(p) for p in per_seed.values())))
+        if not ids:
+            raise ValueError(f"{model}: no test problem is shared by all seeds")
+        per_problem = {k: [float(np.mean([per_seed[s][i][k] for s in per_seed])) for i in ids] for k in ks}
+        seed_means = {k: [float(np.mean([per_seed[s][i][k] for i in ids])) for s in sorted(per_seed)] for k in ks}
+        out[model] = {
+            "seeds": sorted(per_seed), "problems": len(ids), "ids": ids,
+            "per_seed": {str(k): seed_means[k] for k in ks},
+            **{stat: {str(k): aggregate_seeds(seed_means[k])[stat] for k in ks} for stat in ("mean", "std")},
+            "ci": {str(k): _bootstrap(np.array([per_problem[k]]), n_boot, seed, lambda x: x[0].mean()) for k in ks},
+            "per_problem": {str(k): per_problem[k] for k in ks},
+        }
+    return out
+
+
+def oracle_share(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """(M - Hard-Only) / (Oracle - Hard-Only) for every other fresh-student method M, with a
+    paired bootstrap CI over test problems. None where the Oracle gains nothing over Hard-Only
+    (the share is undefined); `undefined_draws` counts such bootstrap draws."""
+    if "oracle" not in table or "hard_only" not in table:
+        return {}
+    out = {}
+    for m in table:
+        if m in ("oracle", "hard_only"):
+            continue
+        out[m] = {}
+        for k in ks:
+            x = np.array([table[name]["per_problem"][str(k)] for name in (m, "hard_only", "oracle")])  # (3, P)
+            value = _share(x)
+            draws = _draws(x, n_boot, seed)
+            shares = np.array([_share(d) for d in draws], dtype=float)
+            finite = shares[np.isfinite(shares)]
+            out[m][str(k)] = {"value": None if not np.isfinite(value) else float(value),
+                              "ci": [float(q) for q in np.quantile(finite, [0.025, 0.975])] if finite.size else None,
+                              "undefined_draws": int(n_boot - finite.size)}
+    return out
+
+
+def _share(x: np.ndarray) -> float:
+    m, ho, oracle = x.mean(axis=1)
+    return (m - ho) / (oracle - ho) if oracle - ho > 1e-12 else float("nan")
+
+
+def _draws(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """n_boot resamples of the problem axis (the last), the same problems for every row."""
+    idx = np.random.default_rng(seed).integers(0, x.shape[-1], size=(n_boot, x.shape[-1]))
+    return x[:, idx].transpose(1, 0, 2)  # (n_boot, rows, P)
+
+
+def _bootstrap(x: np.ndarray, n_boot: int, seed: int, stat) -> list[float]:
+    stats = np.array([stat(d) for d in _draws(x, n_boot, seed)])
+    return [float(q) for q in np.quantile(stats, [0.025, 0.975])]
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def main_table(metrics: Mapping) -> str:
+    """Markdown in the paper's layout: rows are methods, columns benchmark x pass@k,
+    'mean ± SD' in % over seeds."""
+    ks = metrics["ks"]
+    benches = list(metrics["benchmarks"])
+    models = list(dict.fromkeys(m for b in benches for m in metrics["benchmarks"][b]))
+    head = "| Method | " + " | ".join(f"{b} @{k}" for b in benches for k in ks) + " |"
+    lines = [head, "|---" * (1 + len(benches) * len(ks)) + "|"]
+    for m in models:
+        cells = []
+        for b in benches:
+            row = metrics["benchmarks"][b].get(m)
+            cells += [f"{_pct(row['mean'][str(k)])} ± {_pct(row['std'][str(k)])}" if row else "" for k in ks]
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paper_vs_ours(metrics: Mapping, *, label: str) -> str:
+    """Our pass@k on the first benchmark beside the paper's MATH numbers, at the ks both have."""
+    bench = next(iter(metrics["benchmarks"]))
+    ks = [k for k in metrics["ks"] if k in (1, 4, 8, 16, 32)]
+    lines = [f"Ours: {label}, `{bench}` hard test. Paper: Llama-3.2-3B-Instruct, MATH fail@128 test "
+             "(PAPER.md). Both in % (pass@k, mean over seeds).", "",
+             "| Method | " + " | ".join(f"ours @{k} | paper @{k}" for k in ks) + " |",
+             "|---" * (1 + 2 * len(ks)) + "|"]
+    for m, row in metrics["benchmarks"][bench].items():
+        paper = PAPER_MATH.get(m, {})
+        cells = [f"{_pct(row['mean'][str(k)])} | {paper.get(k, '—')}" for k in ks]
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    share = metrics.get("oracle_share", {}).get(bench, {}).get("pq-curriculum")
+    if share:
+        k = str(max(int(x) for x in share))
+        lines += ["", f"Oracle gain recovered by SOAR-PQ (curriculum) at pass@{k}: ours "
+                  f"{_pct(share[k]['value'])}% (95% CI {share[k]['ci'] and [round(100 * c, 1) for c in share[k]['ci']]}),"
+                  f" paper {100 * PAPER_ORACLE_SHARE['math']:.0f}% (MATH)."]
+    return "\n".join(lines) + "\n"
+
+
+def metrics(records: Mapping[str, Mapping[str, Mapping[int, Sequence[Mapping]]]], ks: Sequence[int], *,
+            n_samples: int, n_boot: int = 1000, seed: int = 0) -> dict:
+    """results/eval/metrics.json from {benchmark: {model: {seed: records}}}: the summary of
+    every model on every benchmark and the Oracle shares."""
+    ks = [int(k) for k in ks]
+    if max(ks) > n_samples:
+        raise ValueError(f"evaluate.ks {ks} has a k above evaluate.n_samples = {n_samples}")
+    benches = {b: summarize(runs, ks, n_boot=n_boot, seed=seed) for b, runs in records.items()}
+    return {"ks": ks, "n_samples": n_samples, "n_boot": n_boot, "benchmarks": benches,
+            "oracle_share": {b: oracle_share(t, ks, n_boot=n_boot, seed=seed) for b, t in benches.items()}}
+
+
+def write_tables(metrics_: Mapping, *, label: str) -> None:
+    """results/tables/main.md and paper_vs_ours.md (atomic writes)."""
+    from soar import paths
+    from soar.data import atomic_write
+
+    for name, text in (("main.md", main_table(metrics_)), ("paper_vs_ours.md", paper_vs_ours(metrics_, label=label))):
+        with atomic_write(paths.TABLES / name) as f:
+            f.write(text)

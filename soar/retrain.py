@@ -1,0 +1,330 @@
+"""Fresh students (PAPER.md, "Data and evaluation protocol"): what each method trains on, in
+which order, and which checkpoint counts.
+
+Every method is a fresh student trained from the base model with RLOO (`soar.student.rl_step`),
+with the same optimizer, step budget and seeds; methods differ only in their data:
+  - `pq-*`: the Promotion Questions of the grounded SOAR run;
+  - `grounded_t-*`, `base_t-*`, `intrinsic_t-*`: N questions sampled from a teacher;
+  - `hard_only`: the hard train split alone (`hard_only-g128`: 4x the group, the compute control);
+  - `oracle`: the official train set of the pool's benchmark (MATH train for MATH) plus the hard
+    train split.
+and in their schedule: *curriculum* (the first `synthetic_steps` on the synthetic questions, then
+the hard train split, zero warmup) or *mixed* (one shuffled mixture of both).
+The checkpoint rule (`select_checkpoint`) is the one for every method.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from soar import config, data, paths, tracking
+from soar.data import Problem, seed_from
+from soar.policy import load_policy, make_optimizer
+from soar.evaluation import BASE, PS
+from soar.student import evaluate_student, question_schedule, rl_step
+from soar.teacher import sample_questions
+
+
+@dataclass(frozen=True)
+class Method:
+    """data: where the non-hard questions come from (None: hard train split only);
+    schedule: curriculum | mixed | hard; group_factor: multiple of the RLOO group."""
+
+    data: str | None
+    schedule: str
+    group_factor: int = 1
+
+
+TEACHERS = {"grounded_t": "grounded", "intrinsic_t": "intrinsic", "base_t": None}  # data -> SOAR variant
+METHODS = {
+    **{f"{d}-{s}": Method(d, s) for d in ("pq", *TEACHERS) for s in ("curriculum", "mixed")},
+    "hard_only": Method(None, "hard"),
+    "hard_only-g128": Method(None, "hard", group_factor=4),
+    "oracle": Method("oracle", "mixed"),
+}
+# The official training set behind each hard pool, for the Oracle (PAPER.md: full MATH train).
+ORACLE_TRAIN = {"math_test": "math_train", "math500": "math_train", "gsm8k_test": "gsm8k_train",
+                "olympiadbench": "math_train"}
+
+
+def method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown retrain method {name!r}; known: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def run_config(name: str, cfg) -> dict:
+    """Everything that defines one fresh-student run besides its seed: the method's data and
+    schedule, and the optimizer and budget shared by every method."""
+    m, rc, sc = method(name), cfg.retrain, cfg.student
+    return {"method": name, "data": m.data, "schedule": m.schedule,
+            "samples_per_question": rc.samples_per_question * m.group_factor,
+            "warmup_steps": 0 if m.schedule == "curriculum" else rc.warmup_steps,
+            "steps": rc.steps, "synthetic_steps": rc.synthetic_steps if m.schedule == "curriculum" else 0,
+            "questions_per_step": rc.questions_per_step, "max_new_tokens": rc.max_new_tokens,
+            "lr": sc.lr, "kl_coef": sc.kl_coef, "adapter": sc.adapter, "lora_r": sc.lora_r,
+            "lora_alpha": sc.lora_alpha, "temperature": sc.temperature, "max_grad_norm": sc.max_grad_norm,
+            "eval_every": rc.eval_every, "model": cfg.model.name}
+
+
+def schedule(synthetic: Sequence[Problem], hard: Sequence[Problem], run: dict, *, seed: int) -> list[list[Problem]]:
+    """The questions of each training step of one run.
+
+    curriculum: `synthetic_steps` steps over the synthetic questions, then the hard train split;
+    mixed: every step drawn from one shuffled mixture; hard: the hard train split only.
+    Within a source, passes over seeded permutations (every question once before any repeats)."""
+    steps, per_step = run["steps"], run["questions_per_step"]
+
+    def batches(pool: Sequence[Problem], n_steps: int, salt: int) -> list[list[Problem]]:
+        if n_steps and not pool:
+            raise ValueError(f"method {run['method']!r} needs questions it does not have")
+        return [[pool[i] for i in b] for b in question_schedule(len(pool), n_steps, per_step, seed_from(seed, salt))]
+
+    if run["schedule"] == "curriculum":
+        first = min(run["synthetic_steps"], steps)
+        return batches(synthetic, first, 0) + batches(hard, steps - first, 1)
+    if run["schedule"] == "mixed":
+        return batches(list(synthetic) + list(hard), steps, 2)
+    if run["schedule"] == "hard":
+        return batches(hard, steps, 1)
+    raise ValueError(f"unknown schedule {run['schedule']!r}")
+
+
+def checkpoint_steps(steps: int, every: int) -> list[int]:
+    """Steps after which a checkpoint is saved: every `every` steps and the last one."""
+    return sorted({s for s in range(every, steps + 1, every)} | {steps})
+
+
+def select_checkpoint(rewards: Sequence[float], *, smoothing: int, fraction: float) -> int:
+    """The paper's checkpoint rule, one for every method: smooth the per-step training reward
+    (trailing moving average of `smoothing` steps), take its slope, and return the number of
+    steps at which the plateau starts: the end of the first smoothing window, from the steepest
+    point on, after which the slope is below `fraction` of its maximum. A curve that never rises (max slope <= 0) or never flattens gives the
+    last step."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.size == 0:
+        raise ValueError("select_checkpoint needs at least one step")
+    w = max(1, min(smoothing, r.size))
+    smooth = np.convolve(r, np.ones(w) / w, mode="valid")  # smooth[i] covers steps i .. i+w-1
+    slope = np.diff(smooth)
+    if slope.size == 0 or slope.max() <= 0:
+        return int(r.size)
+    peak = int(slope.argmax())
+    for i in range(peak, slope.size):
+        if slope[i] < fraction * slope[peak]:
+            return int(i + w)  # smooth[i] ends at step i + w (1-based); flat from there
+    return int(r.size)
+
+
+def window_checkpoints(saved: Sequence[int], chosen: int, window: int) -> list[int]:
+    """The saved checkpoints whose test scores are averaged: those within window/2 steps of the
+    chosen step, or the nearest one when none is."""
+    inside = [s for s in saved if abs(s - chosen) <= window / 2]
+    return inside or [min(saved, key=lambda s: (abs(s - chosen), s))]
+
+
+def oracle_questions(hard_train: Sequence[Problem], official: Sequence[Problem], n: int | None,
+                     *, seed: int) -> list[Problem]:
+    """The Oracle's real questions: the official train set (or a seeded sample of n of them, the
+    paper's 128-random-questions variant), excluding anything in the hard split."""
+    held = {p.problem for p in hard_train}
+    real = [p for p in official if p.problem not in held]
+    if n is not None and n < len(real):
+        real = random.Random(seed).sample(real, n)
+    return real
+
+
+def run_fingerprint(run: dict, seed: int, questions: Sequence[Problem]) -> str:
+    """Hash of a run's config, seed and training questions: a finished run with the same
+    fingerprint is not trained again."""
+    import hashlib
+    import json
+
+    blob = json.dumps({"run": run, "seed": seed, "questions": [[q.id, q.problem, q.answer] for q in questions]},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Problem], run: dict, cfg, *,
+                        seed: int, out, checkpoints, grader, progress: bool = True) -> dict:
+    """Train one fresh student from the base model on the method's schedule; log every step
+    (with the ids of its questions, so the schedule can be read back) to out/metrics.jsonl, save
+    the adapter at checkpoint_steps to checkpoints/step_XXXXXX.pt, and choose the checkpoint.
+    A finished run with the same fingerprint whose checkpoints exist is returned from
+    out/metrics.json untouched.
+
+    cfg: Config (student: KL, temperature, clipping; generation; retrain: the rule)."""
+    plan = schedule(synthetic, hard, run, seed=seed)
+    fp = run_fingerprint(run, seed, [q for b in plan for q in b])
+    done = out / "metrics.json"
+    if done.exists():  # finished before, and its checkpoints are still here (not in git): skip
+        old = data.read_json(done)
+        if old.get("fingerprint") == fp and all((checkpoints / f"step_{s:06d}.pt").exists()
+                                                for s in old["eval_checkpoints"]):
+            return old
+    synthetic_ids = {q.id for q in synthetic}
+    policy.reset(seed=seed_from(seed, 0))
+    optimizer, scheduler = make_optimizer(policy, lr=run["lr"], warmup_steps=run["warmup_steps"],
+                                          total_steps=run["steps"])
+    saved = checkpoint_steps(run["steps"], run["eval_every"])
+    log = tracking.resume_records(out, 0)  # a run is redone whole (runs are short; see README)
+    rewards = []
+    for step, questions in enumerate(tqdm(plan, desc=f"{run['method']} seed {seed}", disable=not progress), 1):
+        stats = rl_step(policy, optimizer, scheduler, questions, cfg.student,
+                        samples_per_question=run["samples_per_question"], max_new_tokens=run["max_new_tokens"],
+                        seed=seed_from(seed, 1, step), grader=grader, generation=cfg.generation)
+        rewards.append(stats["student/reward_mean"])
+        log.log({"step": step, "ids": [q.id for q in questions],
+                 "synthetic": sum(q.id in synthetic_ids for q in questions), **stats})
+        if step in saved:
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            torch.save(policy.state(), checkpoints / f"step_{step:06d}.pt")
+    rc = cfg.retrain
+    chosen = select_checkpoint(rewards, smoothing=rc.smoothing, fraction=rc.slope_fraction)
+    result = {"fingerprint": fp, "method": run["method"], "rng_seed": seed, "steps": len(rewards),
+              "saved": saved, "chosen_step": chosen, "eval_checkpoints": window_checkpoints(saved, chosen, rc.window),
+              "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1], "run": run}
+    data.write_json(done, result)  # last, atomically: its presence means the run is complete
+    return result
+
+
+def cached_questions(path, fp: str, make) -> list[Problem]:
+    """Questions at `path` if they were made with fingerprint `fp` (kept beside, in .fp), else
+    `make()` written there: a rerun of the stage does not sample a teacher again."""
+    path, tag = Path(path), Path(path).with_suffix(".fp")
+    if path.exists() and tag.exists() and tag.read_text() == fp:
+        return data.load_problems(path)
+    problems = make()
+    data.write_jsonl(path, problems)
+    tag.write_text(fp)
+    return problems
+
+
+def soar_files(variant: str, seed: int) -> tuple[Path, Path]:
+    """(results dir, state checkpoint) of a SOAR run, with a clear error when it has not run."""
+    name = paths.soar_run(variant, seed)
+    out, state = paths.stage_dir("soar", name), paths.run_checkpoint("soar", name) / "state.pt"
+    if not (out / "metrics.json").exists() or not state.exists():
+        raise FileNotFoundError(f"SOAR run {name} has not run (no {out / 'metrics.json'} or {state}); add "
+                                f"{variant!r} to runs.variants and {seed} to runs.seeds in params.yaml, or drop "
+                                "the methods that need it from retrain.methods")
+    return out, state
+
+
+def load_sources(cfg, *, grader) -> dict[str, list[Problem]]:
+    """The non-hard questions each method needs (only those of cfg.retrain.methods): PQ of the
+    grounded run, N questions of each teacher, and the official train set for the Oracle."""
+    rc, needed = cfg.retrain, {method(m).data for m in cfg.retrain.methods} - {None}
+    sources: dict[str, list[Problem]] = {}
+    if "pq" in needed:
+        out, _ = soar_files("grounded", rc.soar_seed)
+        sources["pq"] = [Problem.from_dict(r) for r in data.read_jsonl(out / "pq.jsonl")]
+    for name in needed & set(TEACHERS):
+        variant = TEACHERS[name]
+        if variant is not None:
+            out, _ = soar_files(variant, rc.soar_seed)
+            sources[name] = data.load_problems(out / "questions.jsonl")
+            continue
+        teacher_fp = config.fingerprint(cfg) + f"/{rc.questions}"
+        sources[name] = cached_questions(
+            paths.stage_dir("retrain") / "questions" / "base_t.jsonl", teacher_fp,
+            lambda: sample_questions(load_policy(cfg.model, cfg.teacher), rc.questions, cfg.teacher, cfg.generation,
+                                     seed=seed_from(cfg.seed, 5), grader=grader)[0])
+    return sources
+
+
+def hard_and_oracle(cfg, pool: str) -> tuple[list[Problem], list[Problem]]:
+    """(D_train of a pool, its Oracle questions: the pool's official train set minus D_train)."""
+    hard = data.load_problems(paths.hard_split(pool, "train"))
+    if pool not in ORACLE_TRAIN:
+        return hard, []
+    return hard, oracle_questions(hard, data.load_benchmark(ORACLE_TRAIN[pool]), None, seed=cfg.seed)
+
+
+def train_all(cfg, student, sources: dict[str, list[Problem]], *, grader) -> list[dict]:
+    """Every fresh student: pools x methods x seeds, one after another on one student Policy
+    (each run resets it to the base). Finished runs are skipped (see train_fresh_student)."""
+    rc, results = cfg.retrain, []
+    jobs = [(pool, m, s) for pool in cfg.fail_at_k.pools for m in rc.methods for s in rc.seeds]
+    pools = {pool: hard_and_oracle(cfg, pool) for pool in cfg.fail_at_k.pools}
+    for pool, name, seed in tqdm(jobs, desc="fresh students"):
+        run, (hard, oracle) = run_config(name, cfg), pools[pool]
+        synthetic = oracle if run["data"] == "oracle" else sources.get(run["data"], [])
+        where = paths.retrain_run(pool, name, seed)
+        res = train_fresh_student(student, synthetic, hard, run, cfg, seed=seed_from(cfg.seed, seed),
+                                  out=paths.stage_dir("retrain", where),
+                                  checkpoints=paths.run_checkpoint("retrain", where), grader=grader, progress=False)
+        results.append({"pool": pool, "seed": seed, **res})
+    return results
+
+
+def test_sets(cfg) -> dict[str, tuple[str, list[Problem]]]:
+    """{benchmark: (pool whose students it tests, problems)}: each pool's hard test split, and
+    the `evaluate.extra` benchmarks whole (tested with the first pool's students); `limit`
+    draws a seeded sample of each."""
+    ec, pools = cfg.evaluate, cfg.fail_at_k.pools
+    sets = {pool: (pool, data.load_problems(paths.hard_split(pool, "test"))) for pool in pools}
+    sets |= {name: (pools[0], data.load_benchmark(name)) for name in ec.extra}
+    if ec.limit is not None:
+        sets = {b: (pool, data.sample_problems(ps, min(ec.limit, len(ps)), seed=(cfg.seed, 11)))
+                for b, (pool, ps) in sets.items()}
+    return sets
+
+
+def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[int, list[dict]]]]:
+    """Sample evaluate.n_samples answers per test problem from every model of the main table:
+    the base model and the Promoted Student (`promoted`, a Policy whose base holds the
+    promotions) once per seed, and every fresh student at the checkpoints of its window. Writes
+    paths.eval_samples files (skipped when already written with the same fingerprint) and
+    returns {benchmark: {model: {seed: records}}}."""
+    ec, rc, out = cfg.evaluate, cfg.retrain, {}
+    settings = {k: v for k, v in config.to_dict(ec).items() if k != "n_boot"} | {"model": cfg.model.name}
+    # what each model is: a fresh student's run fingerprint, or the SOAR run the PS comes from
+    ps_tag = (soar_files("grounded", rc.soar_seed)[0] / "metrics.json").read_text()
+    jobs = []
+    for bench, (pool, problems) in test_sets(cfg).items():
+        for seed in rc.seeds:
+            jobs += [(bench, problems, BASE, seed, student, [None], ""), (bench, problems, PS, seed, promoted, [None], ps_tag)]
+            for m in rc.methods:
+                where = paths.retrain_run(pool, m, seed)
+                done = data.read_json(paths.stage_dir("retrain", where) / "metrics.json")
+                ckpts = [paths.run_checkpoint("retrain", where) / f"step_{s:06d}.pt" for s in done["eval_checkpoints"]]
+                jobs.append((bench, problems, m, seed, student, ckpts, done["fingerprint"]))
+    for bench, problems, model, seed, policy, ckpts, tag in tqdm(jobs, desc="evaluate"):
+        path = paths.eval_samples(bench, model, seed)
+        fp = run_fingerprint({"settings": settings, "model": model, "tag": tag,
+                              "checkpoints": [c and c.name for c in ckpts]}, seed, problems)
+        if path.exists() and (old := data.read_jsonl(path)) and old[0].get("fingerprint") == fp:
+            out.setdefault(bench, {}).setdefault(model, {})[seed] = old
+            continue
+        records = []
+        for ckpt in ckpts:
+            policy.reset(seed=0)  # the base (LoRA B = 0), or the promoted base for PS
+            if ckpt is not None:
+                policy.load_state(torch.load(ckpt))
+            ev = evaluate_student(policy.model, policy.tokenizer, problems, n_samples=ec.n_samples, grader=grader,
+                                  max_new_tokens=ec.max_new_tokens, temperature=ec.temperature,
+                                  top_p=cfg.generation.top_p, seed=seed_from(cfg.seed, 9, seed),
+                                  batch_size=cfg.generation.batch_size, backend=cfg.generation.backend, progress=False)
+            step = None if ckpt is None else int(ckpt.stem.removeprefix("step_"))
+            records += [dict(r, checkpoint=step, fingerprint=fp) for r in ev.records()]
+        data.write_jsonl(path, records)
+        out.setdefault(bench, {}).setdefault(model, {})[seed] = records
+    return out
+
+
+def promoted_student(cfg) -> object:
+    """The Promoted Student (PS): the base model with every promotion of the grounded SOAR run
+    merged in, as it is (it never trains on real hard problems)."""
+    _, state_file = soar_files("grounded", cfg.retrain.soar_seed)
+    policy = load_policy(cfg.model, cfg.student)
+    for p in torch.load(state_file, weights_only=False).promotions:
+        policy.merge(p["state"])
+    return policy

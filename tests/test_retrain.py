@@ -1,0 +1,149 @@
+"""Fresh students: schedules, the checkpoint rule, method configs, the main-table statistics."""
+
+import math
+
+import numpy as np
+import pytest
+
+from soar import config, evaluation, retrain, tracking
+from soar.data import Problem
+from soar.models import load_model
+from soar.policy import Policy
+from soar.student import evaluate_student
+
+SYN = [Problem(id=f"syn{i}", problem=f"What is {i} + 1?", answer=str(i + 1)) for i in range(3)]
+HARD = [Problem(id=f"hard{i}", problem=f"What is {i} * 2?", answer=str(2 * i)) for i in range(5)]
+
+
+def _run(name, steps=6, synthetic_steps=2, per_step=2):
+    cfg = config.load("params.yaml", {"retrain": {"steps": steps, "synthetic_steps": synthetic_steps,
+                                                  "questions_per_step": per_step}})
+    return retrain.run_config(name, cfg)
+
+
+def test_curriculum_feeds_synthetic_questions_first_then_the_hard_split():
+    plan = retrain.schedule(SYN, HARD, _run("pq-curriculum"), seed=0)
+    assert len(plan) == 6 and all(len(b) == 2 for b in plan)
+    assert all(q.id.startswith("syn") for b in plan[:2] for q in b)
+    assert all(q.id.startswith("hard") for b in plan[2:] for q in b)
+    # within a source, every question once before any repeats
+    assert sorted(q.id for b in plan[2:4] for q in b) == sorted({q.id for b in plan[2:4] for q in b})
+
+
+def test_mixed_draws_every_step_from_one_mixture_and_hard_only_from_the_hard_split():
+    plan = retrain.schedule(SYN, HARD, _run("pq-mixed", steps=4), seed=0)
+    ids = [q.id for b in plan for q in b]
+    assert sorted(ids) == sorted(q.id for q in SYN + HARD)  # 8 = one pass over the mixture
+    plan = retrain.schedule(SYN, HARD, _run("hard_only"), seed=0)
+    assert all(q.id.startswith("hard") for b in plan for q in b)
+
+
+def test_schedule_is_deterministic_for_a_seed_and_changes_with_it():
+    run = _run("pq-mixed")
+    ids = lambda s: [q.id for b in retrain.schedule(SYN, HARD, run, seed=s) for q in b]  # noqa: E731
+    assert ids(0) == ids(0) and ids(0) != ids(1)
+
+
+def test_a_method_without_its_questions_is_an_error():
+    with pytest.raises(ValueError, match="needs questions"):
+        retrain.schedule([], HARD, _run("pq-curriculum"), seed=0)
+    with pytest.raises(ValueError, match="unknown retrain method"):
+        retrain.method("pq-spiral")
+
+
+def test_oracle_and_pq_runs_differ_only_in_their_data():
+    cfg = config.load("params.yaml", {"profile": "paper"})
+    pq, oracle = retrain.run_config("pq-mixed", cfg), retrain.run_config("oracle", cfg)
+    assert {k for k in pq if pq[k] != oracle[k]} == {"method", "data"}
+    hard, g128 = retrain.run_config("hard_only", cfg), retrain.run_config("hard_only-g128", cfg)
+    assert g128["samples_per_question"] == 4 * hard["samples_per_question"] == 128
+    curriculum = retrain.run_config("pq-curriculum", cfg)
+    assert curriculum["warmup_steps"] == 0 and curriculum["synthetic_steps"] == 64 and pq["warmup_steps"] == 20
+
+
+@pytest.mark.parametrize("rewards,smoothing,expected", [
+    ([0.0, 0.1, 0.3, 0.6, 0.65, 0.66, 0.66], 1, 5),  # steepest 0.3->0.6; 0.05 is not < 0.045, 0.01 is
+    ([0.0, 0.5, 0.52, 0.52, 0.52], 1, 2),  # the plateau starts at step 2: then 0.02 < 0.15 * 0.5
+    ([0.5, 0.4, 0.3, 0.2], 1, 4),  # never rises: the last step
+    ([0.0, 0.1, 0.2, 0.3], 1, 4),  # never flattens: the last step
+    ([0.3], 5, 1),
+    ([0.0, 0.0, 1.0, 1.0, 1.0, 1.0], 2, 4),  # smoothed: 0, .5, 1, 1, 1 -> flat from the 4th step
+])
+def test_checkpoint_rule(rewards, smoothing, expected):
+    assert retrain.select_checkpoint(rewards, smoothing=smoothing, fraction=0.15) == expected
+
+
+def test_checkpoint_window():
+    assert retrain.checkpoint_steps(10, 4) == [4, 8, 10]
+    assert retrain.window_checkpoints([50, 100, 150, 200, 250], 160, 200) == [100, 150, 200, 250]
+    assert retrain.window_checkpoints([2, 4], 3, 0) == [2]  # none inside: the nearest (earlier on ties)
+
+
+def _records(counts, n=4, checkpoint=None):
+    return [{"id": f"p{i}", "n": n, "successes": c, "checkpoint": checkpoint} for i, c in enumerate(counts)]
+
+
+def test_summary_matches_pass_at_k_by_hand():
+    runs = {"hard_only": {0: _records([0, 1, 0]), 1: _records([0, 0, 2])}}
+    s = evaluation.summarize(runs, [1, 2], n_boot=200)["hard_only"]
+    p1 = [(1 / 4) / 3, (2 / 4) / 3]  # per-seed mean pass@1
+    assert s["per_seed"]["1"] == pytest.approx(p1)
+    assert s["mean"]["1"] == pytest.approx(np.mean(p1)) and s["std"]["1"] == pytest.approx(np.std(p1, ddof=1))
+    p2 = lambda c: 1 - math.comb(4 - c, 2) / math.comb(4, 2)  # noqa: E731
+    assert s["per_problem"]["2"] == pytest.approx([0, p2(1) / 2, p2(2) / 2])
+    lo, hi = s["ci"]["1"]
+    assert lo <= s["mean"]["1"] <= hi
+
+
+def test_checkpoints_of_a_window_are_averaged():
+    recs = _records([4, 0], checkpoint=2) + _records([0, 0], checkpoint=4)
+    assert evaluation.problem_pass_at_k(recs, [1])["p0"][1] == pytest.approx(0.5)
+
+
+def test_oracle_share_and_its_undefined_case():
+    runs = {"hard_only": {0: _records([0, 0, 0, 0])}, "oracle": {0: _records([4, 4, 0, 0])},
+            "pq-curriculum": {0: _records([4, 0, 0, 0])}}
+    table = evaluation.summarize(runs, [1], n_boot=100)
+    share = evaluation.oracle_share(table, [1], n_boot=100)["pq-curriculum"]["1"]
+    assert share["value"] == pytest.approx(0.5)
+    assert share["undefined_draws"] > 0  # some resamples hold no problem the Oracle solves
+    runs["oracle"] = {0: _records([0, 0, 0, 0])}
+    table = evaluation.summarize(runs, [1], n_boot=100)
+    assert evaluation.oracle_share(table, [1], n_boot=100)["pq-curriculum"]["1"]["value"] is None
+
+
+def test_tables_have_a_row_per_method_and_the_paper_column():
+    runs = {"base": {0: _records([0, 1])}, "pq-curriculum": {0: _records([1, 1])}}
+    m = evaluation.metrics({"gsm8k_test": runs}, [1, 4], n_samples=4, n_boot=50)
+    table = evaluation.main_table(m)
+    assert "| Base model |" in table and "| SOAR-PQ (curriculum) |" in table and "gsm8k_test @4" in table
+    assert "| 0.3 |" in evaluation.paper_vs_ours(m, label="toy").replace(" | 0.3", "| 0.3")
+    with pytest.raises(ValueError, match="above evaluate.n_samples"):
+        evaluation.metrics({"gsm8k_test": runs}, [8], n_samples=4)
+
+
+def test_evaluation_is_deterministic_for_a_seed(grader):
+    model, tok = load_model("smollm2-135m-instruct", device="cpu")
+    kw = dict(n_samples=2, grader=grader, max_new_tokens=8, batch_size=4, progress=False)
+    a = evaluate_student(model, tok, HARD[:2], seed=3, **kw).records()
+    assert a == evaluate_student(model, tok, HARD[:2], seed=3, **kw).records()
+    assert a != evaluate_student(model, tok, HARD[:2], seed=4, **kw).records()
+
+
+def test_fresh_student_logs_its_schedule_saves_checkpoints_and_is_not_retrained(grader, tmp_path):
+    cfg = config.load("params.yaml", {"retrain": {"steps": 2, "synthetic_steps": 1, "questions_per_step": 1,
+                                                  "samples_per_question": 2, "max_new_tokens": 8, "eval_every": 1},
+                                      "generation": {"batch_size": 4}})
+    model, tok = load_model("smollm2-135m-instruct", device="cpu")
+    policy = Policy(model, tok, adapter="lora", lora_r=4, lora_alpha=8)
+    run = retrain.run_config("pq-curriculum", cfg)
+    kw = dict(seed=0, out=tmp_path / "run", checkpoints=tmp_path / "ckpt", grader=grader, progress=False)
+    res = retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw)
+    rows = tracking.read_log(tmp_path / "run" / "metrics.jsonl")
+    assert [r["synthetic"] for r in rows] == [1, 0]
+    assert rows[0]["ids"][0].startswith("syn") and rows[1]["ids"][0].startswith("hard")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000001.pt", "step_000002.pt"]
+    assert res["chosen_step"] in (1, 2) and res["eval_checkpoints"]
+    mtime = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
+    assert retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw) == res  # skipped, not retrained
+    assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == mtime
