@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast bench clean-venv
+.PHONY: setup repro test test-fast test-optin judge-server bench clean-venv
 
 setup: $(VENV)/.installed models/.converted
 
@@ -40,6 +40,13 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m 'not slow'
+
+# The opt-in checks (a real local judge server): `make judge-server test-optin`.
+judge-server: setup
+	$(BIN)/pip install --quiet -e '.[judge-server]'
+
+test-optin: setup
+	$(BIN)/python -m pytest -q -m optin
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generation.py

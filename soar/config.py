@@ -215,6 +215,45 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    judge: str = "local"
+    """Judge backend: local (a Hugging Face model on this machine) | openai (any OpenAI-compatible
+    chat endpoint: vLLM, llama.cpp, a hosted API)."""
+    judge_model: str | None = None
+    """local: a model name for soar.models (null: model.name); openai: the served model's name."""
+    base_url: str | None = None
+    """openai: the endpoint, e.g. http://127.0.0.1:8000/v1."""
+    api_key_env: str = "SOAR_JUDGE_API_KEY"
+    """openai: the environment variable holding the key (read at call time, never logged)."""
+    concurrency: int = 8
+    """openai: requests in flight at once."""
+    timeout_s: float = 120.0
+    """openai: seconds per request before it is retried."""
+    retries: int = 4
+    """openai: retries of a failed request (timeouts, 429, 5xx), with exponential backoff."""
+    solve_samples: int = 4
+    """m: the judge re-solves each question m times; the majority answer is graded against the teacher's."""
+    solve_max_new_tokens: int = 512
+    """Length cap of each re-solve."""
+    verdict_max_new_tokens: int = 256
+    """Length cap of the JSON verdict (greedy)."""
+    temperature: float = 0.7
+    """Sampling temperature of the re-solves."""
+    questions: int | None = None
+    """Questions judged per variant (seeded sample); null = all."""
+    embedder: str = "all-MiniLM-L6-v2"
+    """Sentence-transformers model for Vendi and drift (all-MiniLM-L6-v2 ships offline; any name works)."""
+    vendi_size: int = 128
+    """Questions per Vendi draw (paper: 128); smaller pools use their own size, recorded."""
+    vendi_draws: int = 100
+    """Vendi draws per variant (paper: 100)."""
+    subject_examples: int = 50
+    """MATH train problems per subject behind the nearest-centroid topic classifier (drift)."""
+    n_boot: int = 1000
+    """Bootstrap draws of the reward-association CIs."""
+
+
+@dataclass(frozen=True)
 class RunsConfig:
     variants: tuple[str, ...] = ("grounded",)
     """SOAR runs of the `soar` stage (names in `variants`); DVC runs each variant x seed."""
@@ -238,6 +277,7 @@ class Config:
     runs: RunsConfig = field(default_factory=RunsConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     variants: dict = field(default_factory=lambda: {"grounded": {}})
     """Variant name -> overrides of the sections above (`load(..., variant=name)` applies them):
     PAPER.md's grounded (SOAR), intrinsic (Intrinsic-T), no_promotion, base_teacher (Base-T)."""
@@ -386,7 +426,7 @@ def fingerprint(cfg: Config) -> str:
     import hashlib
     import json
 
-    # Which runs exist (runs, variants) and what later stages do with them (retrain, evaluate)
-    # do not change what one SOAR run computes.
-    resolved = {k: v for k, v in to_dict(cfg).items() if k not in ("runs", "variants", "retrain", "evaluate")}
+    # Which runs exist (runs, variants) and what later stages do with them (retrain, evaluate,
+    # and analysis) do not change what one SOAR run computes.
+    resolved = {k: v for k, v in to_dict(cfg).items() if k not in ("runs", "variants", "retrain", "evaluate", "analysis")}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]

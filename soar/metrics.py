@@ -88,6 +88,20 @@ def bootstrap_ci(values: Sequence[float], *, stat: Callable = np.mean, n_boot: i
     return float(lo), float(hi)
 
 
+def wilson_ci(successes: int, n: int, *, z: float = 1.959963984540054) -> tuple[float, float] | None:
+    """Wilson score 95% interval of a proportion successes / n (None when n = 0). Unlike the
+    normal approximation it stays inside [0, 1] and is sensible at 0/n and n/n, which small judged
+    samples hit often."""
+    if not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes}, {n}")
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def lexical_diversity(texts: list[str]) -> float:
     """Mean pairwise Jaccard distance between the word sets of `texts` (0: all identical, 1: no
     shared word). A cheap per-step diversity log; the embedding-based Vendi score is in analysis."""

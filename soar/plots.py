@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: notebooks and DVC stages write files
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 STYLE = {"figure.dpi": 120, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
          "grid.alpha": 0.3, "font.size": 10}
@@ -38,11 +39,31 @@ def fail_at_k_histogram(counts_by_pool: dict[str, Sequence[int]], k: int, path: 
 
 
 def _finish(fig, path: str | Path | None):
-    """Save when a path is given (DVC stages), else just return the figure (inline in notebooks)."""
-    if path is None:
-        fig.tight_layout()
-        return fig
-    return _save(fig, path)
+    """Save PNG and PDF when a path is given (the figures stage). Returns the PNG as an IPython
+    Image, which executed notebooks keep as image/png (Agg draws nothing by itself)."""
+    from io import BytesIO
+
+    from IPython.display import Image
+
+    if path is not None:
+        png = _save(fig, path)
+        plt.close(fig)
+        return Image(filename=str(png))
+    fig.tight_layout()
+    buf = BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return Image(data=buf.getvalue(), format="png")
+
+
+def _seeds_and_mean(ax, curves: Sequence[dict], color, label: str) -> None:
+    """Each seed's curve ({x: y}) faded, and their mean over the x every seed has, bold."""
+    curves = [c for c in curves if c]
+    for c in curves:
+        ax.plot(list(c), list(c.values()), color=color, alpha=0.25, lw=1)
+    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    ax.plot(common, [sum(c[x] for c in curves) / len(curves) for x in common], color=color, lw=2,
+            label=f"{label} ({len(curves)} seed{'s' * (len(curves) != 1)})")
 
 
 def teacher_reward(runs: dict[str, dict[int, list[dict]]], path: str | Path | None = None):
@@ -51,18 +72,12 @@ def teacher_reward(runs: dict[str, dict[int, list[dict]]], path: str | Path | No
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for color, (variant, seeds) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], runs.items()):
-            curves = []
             for rows in seeds.values():
-                steps = [r["step"] for r in rows]
-                reward = [r["teacher/reward_mean"] for r in rows]
-                curves.append(dict(zip(steps, reward)))
-                ax.plot(steps, reward, color=color, alpha=0.25, lw=1)
                 promoted = [(r["step"], r["teacher/reward_mean"]) for r in rows if r.get("promotion")]
                 if promoted:
                     ax.scatter(*zip(*promoted), color=color, marker="^", s=30, zorder=3)
-            common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-            mean = [sum(c[s] for c in curves) / len(curves) for s in common]
-            ax.plot(common, mean, color=color, lw=2, label=f"{variant} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+            _seeds_and_mean(ax, [{r["step"]: r["teacher/reward_mean"] for r in rows} for rows in seeds.values()],
+                            color, variant)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("outer step")
         ax.set_ylabel("teacher reward (mean over datasets)")
@@ -81,14 +96,8 @@ def retrain_rewards(curves: dict[tuple, list[dict]], path: str | Path | None = N
         for ax, pool in zip(axes[0], pools):
             methods = list(dict.fromkeys(m for p, m, _ in curves if p == pool))
             for color, method in zip(colors * 3, methods):
-                runs = [rows for (p, m, _), rows in curves.items() if p == pool and m == method]
-                for rows in runs:
-                    ax.plot([r["step"] for r in rows], [r["student/reward_mean"] for r in rows], color=color,
-                            alpha=0.25, lw=1)
-                steps = sorted(set.intersection(*({r["step"] for r in rows} for rows in runs)))
-                mean = [sum(next(r["student/reward_mean"] for r in rows if r["step"] == s) for rows in runs) / len(runs)
-                        for s in steps]
-                ax.plot(steps, mean, color=color, lw=2, label=method)
+                _seeds_and_mean(ax, [{r["step"]: r["student/reward_mean"] for r in rows}
+                                     for (p, m, _), rows in curves.items() if p == pool and m == method], color, method)
             ax.set_xlabel("RLOO step")
             ax.set_ylabel("training reward (shaped)")
             ax.set_title(f"Fresh students on {pool}")
@@ -115,4 +124,239 @@ def pass_at_k_curves(metrics: dict, path: str | Path | None = None):
             ax.set_ylabel("pass@k (%)")
             ax.set_title(bench)
             ax.legend(fontsize=7)
+        return _finish(fig, path)
+
+
+def _errors(values: Sequence[float], cis: Sequence) -> tuple[list[float], list[float]]:
+    """yerr below and above each value from its interval (None: no bar); clipped at 0, since an
+    interval need not contain its point estimate (round-off, ratio CIs) and matplotlib rejects
+    negative error bars."""
+    lo = [max(0.0, v - c[0]) if c else 0.0 for v, c in zip(values, cis)]
+    hi = [max(0.0, c[1] - v) if c else 0.0 for v, c in zip(values, cis)]
+    return lo, hi
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _ci_bars(ax, x, shares: Sequence[dict], width: float, label: str, color=None):
+    """Bars of shares (in %) with their 95% CIs; a missing share (no data) is drawn as 'n/a'."""
+    vals = [100 * (s["share"] or 0.0) for s in shares]
+    lo, hi = _errors(vals, [[100 * c for c in s["ci"]] if s["ci"] else None for s in shares])
+    bars = ax.bar(x, vals, width, yerr=[lo, hi], capsize=2, label=label, color=color)
+    for xi, s in zip(x, shares):
+        if s["share"] is None:
+            ax.text(xi, 1, "n/a", ha="center", fontsize=7)
+    return bars
+
+
+def question_verdicts(metrics: dict, path: str | Path | None = None):
+    """Paper's question-analysis table as bars: well-posed, correct (judge) and re-solve agreement
+    per teacher variant (left); the judge's error taxonomy (right). Wilson 95% CIs."""
+    import numpy as np
+
+    from soar.prompts import ERROR_TYPES
+
+    variants = metrics["variants"]
+    names = list(variants)
+    x = np.arange(len(names))
+    with plt.rc_context(STYLE):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+        if not names:
+            _empty(left, "no questions to judge")
+            _empty(right, "")
+            return _finish(fig, path)
+        measures = [("well_posed", "well-posed"), ("correct", "correct (judge)"),
+                    ("resolve_correct", "re-solve majority agrees")]
+        for i, (key, label) in enumerate(measures):
+            _ci_bars(left, x + (i - 1) * 0.27, [variants[v][key] for v in names], 0.27, label)
+        left.set_xticks(x, [f"{v}\n({variants[v]['parsed']}/{variants[v]['questions']} parsed)" for v in names],
+                        fontsize=8)
+        left.set_ylabel("% (of parsed verdicts; re-solve: of boxed)")
+        left.set_ylim(0, 105)
+        left.legend(fontsize=7)
+        left.set_title(f"Judge: {metrics['judge']}")
+        errors = [e for e in ERROR_TYPES if e != "none"]
+        for i, e in enumerate(errors):
+            _ci_bars(right, x + (i - 1.5) * 0.2, [variants[v]["errors"][e] for v in names], 0.2, e)
+        right.set_xticks(x, names, fontsize=8)
+        right.set_ylabel("% of parsed verdicts")
+        right.set_ylim(0, 105)
+        right.legend(fontsize=7)
+        right.set_title("Error taxonomy")
+        return _finish(fig, path)
+
+
+def vendi_bars(metrics: dict, path: str | Path | None = None):
+    """Vendi score per teacher variant: mean over draws of a fixed number of questions, with the
+    2.5-97.5% range of the draws."""
+    vendi = {k: v for k, v in metrics["vendi"].items() if v["mean"] is not None}
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        if not vendi:
+            _empty(ax, "no teacher has 2 or more questions")
+            return _finish(fig, path)
+        names = list(vendi)
+        means = [vendi[n]["mean"] for n in names]
+        ax.bar(names, means, yerr=_errors(means, [vendi[n]["ci"] for n in names]), capsize=3)
+        sizes = sorted({vendi[n]["size"] for n in names})
+        ax.set_ylabel("Vendi score (effective # of distinct questions)")
+        ax.set_title(f"Diversity: {metrics['embedder']}, {'/'.join(map(str, sizes))} questions per draw")
+        return _finish(fig, path)
+
+
+def curriculum_drift(metrics: dict, path: str | Path | None = None):
+    """Per SOAR run, across outer steps: the subject mix of the teacher's questions (nearest MATH
+    subject centroid), their length and equation density, and their diversity; promotions dashed."""
+    runs = metrics["runs"]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(max(1, len(runs)), 2, figsize=(11, 3.2 * max(1, len(runs))), squeeze=False)
+        if not runs:
+            _empty(axes[0][0], "no SOAR run has samples")
+            _empty(axes[0][1], "")
+            return _finish(fig, path)
+        for (mix, shape), run in zip(axes, runs):
+            steps = [s["step"] for s in run["steps"]]
+            subjects = list(run["steps"][0]["subjects"]) if run["steps"] else []
+            mix.stackplot(steps, [[s["subjects"].get(sub, 0.0) for s in run["steps"]] for sub in subjects],
+                          labels=subjects, alpha=0.85)
+            mix.set_ylim(0, 1)
+            mix.set_ylabel("share of questions")
+            mix.set_title(f"{run['variant']} seed {run['seed']}: topic mix")
+            shape.plot(steps, [s["equation_density"] for s in run["steps"]], marker="o", ms=3, label="equation density")
+            shape.plot(steps, [s["diversity"] for s in run["steps"]], marker="s", ms=3,
+                       label="diversity (mean cosine distance)")
+            shape.set_ylim(0, 1)
+            words = shape.twinx()
+            words.plot(steps, [s["length"] for s in run["steps"]], color="grey", ls=":", marker="^", ms=3,
+                       label="length (words)")
+            words.set_ylabel("words")
+            shape.set_title("question shape")
+            for ax in (mix, shape):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                for p in run["promotions"]:
+                    ax.axvline(p, color="k", ls="--", lw=0.8)
+                ax.set_xlabel("outer step")
+            lines = shape.get_legend_handles_labels()
+            more = words.get_legend_handles_labels()
+            shape.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
+        if runs:
+            axes[0][0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return _finish(fig, path)
+
+
+def step_diversity(metrics: dict, path: str | Path | None = None):
+    """Fig. 20 (right): diversity of each step's questions over training (mean pairwise cosine
+    distance of their embeddings), grounded vs intrinsic; seeds faded, mean bold."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        variants = list(dict.fromkeys(r["variant"] for r in metrics["runs"]))
+        for color, variant in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], variants):
+            _seeds_and_mean(ax, [{s["step"]: s["diversity"] for s in r["steps"] if s["diversity"] is not None}
+                                 for r in metrics["runs"] if r["variant"] == variant], color, variant)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("outer step")
+        ax.set_ylabel("mean pairwise cosine distance")
+        ax.set_title("Question diversity over training")
+        ax.legend(fontsize=8)
+        return _finish(fig, path)
+
+
+def main_table_bars(metrics: dict, path: str | Path | None = None):
+    """The main table as bars: pass@k at the largest k per method, one panel per benchmark;
+    error bars are the bootstrap 95% CI over test problems, dots the seeds."""
+    from soar.evaluation import LABELS
+
+    k = str(max(metrics["ks"]))
+    benches = list(metrics["benchmarks"])
+    with plt.rc_context(STYLE):
+        width = max([len(b) for b in metrics["benchmarks"].values()] + [4])
+        fig, axes = plt.subplots(1, max(1, len(benches)), figsize=(1.0 + 0.8 * width * max(1, len(benches)), 3.8),
+                                 squeeze=False)
+        for ax, bench in zip(axes[0], benches):
+            rows = metrics["benchmarks"][bench]
+            names = list(rows)
+            means = [100 * rows[n]["mean"][k] for n in names]
+            err = _errors(means, [[100 * c for c in rows[n]["ci"][k]] for n in names])
+            ax.bar(range(len(names)), means, yerr=err, capsize=3, color="#9ecae1")
+            for i, n in enumerate(names):
+                seeds = [100 * v for v in rows[n]["per_seed"][k]]
+                ax.scatter([i] * len(seeds), seeds, color="k", s=8, zorder=3)
+            ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names], rotation=35, ha="right", fontsize=8)
+            ax.set_ylabel(f"pass@{k} (%)")
+            ax.set_title(f"{bench}: pass@{k}, 95% CI")
+        return _finish(fig, path)
+
+
+def oracle_share(metrics: dict, path: str | Path | None = None):
+    """Share of the Oracle's gain over Hard-Only that each method recovers, per benchmark and k,
+    with paired bootstrap CIs; undefined shares (the Oracle gains nothing) are said, not drawn."""
+    from soar.evaluation import LABELS
+
+    benches = list(metrics["oracle_share"])
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, max(1, len(benches)), figsize=(6 * max(1, len(benches)), 3.5), squeeze=False)
+        if not benches:
+            _empty(axes[0][0], "no Oracle and Hard-Only runs to compare")
+        for ax, bench in zip(axes[0], benches):
+            shares = metrics["oracle_share"][bench]
+            ks = metrics["ks"]
+            drawn = 0
+            for method, by_k in shares.items():
+                pts = [(int(k), 100 * by_k[str(k)]["value"], by_k[str(k)]["ci"]) for k in ks
+                       if by_k[str(k)]["value"] is not None]
+                if not pts:
+                    continue
+                drawn += 1
+                x, y, ci = zip(*pts)
+                err = _errors(y, [[100 * c for c in c_] if c_ else None for c_ in ci])
+                ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=LABELS.get(method, method))
+            ax.axhline(100, color="k", ls=":", lw=0.8)
+            ax.axhline(0, color="k", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.set_xlabel("k")
+            ax.set_ylabel("Oracle gain recovered (%)")
+            ax.set_title(f"{bench}: (M − Hard-Only) / (Oracle − Hard-Only)")
+            if drawn:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "undefined at every k:\nthe Oracle gains nothing over Hard-Only (or no Oracle run)",
+                        ha="center", va="center", transform=ax.transAxes)
+        return _finish(fig, path)
+
+
+def baseline_across_promotions(runs: dict[str, dict[int, list[dict]]], pq: dict[str, dict[int, list[dict]]],
+                               path: str | Path | None = None, *, chars: int = 90):
+    """Fig. 6: the baseline student's score on D_train (Q_R) at every outer step of each run, with
+    promotions marked and one of the questions promoted there quoted beside the marker.
+    runs: variant -> seed -> metric rows; pq: variant -> seed -> PQ records (with promoted_at)."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for color, (variant, seeds) in zip(colors, runs.items()):
+            for seed, rows in seeds.items():
+                steps = [r["step"] for r in rows]
+                ax.plot(steps, [r["student/baseline_score"] for r in rows], color=color, marker="o", ms=3,
+                        label=f"{variant} seed {seed}")
+                for r in rows:
+                    if not r.get("promotion"):
+                        continue
+                    ax.axvline(r["step"], color=color, ls="--", lw=0.8)
+                    promoted = [q for q in pq.get(variant, {}).get(seed, []) if q.get("promoted_at") == r["step"]]
+                    if promoted:
+                        text = promoted[0]["problem"]
+                        text = text if len(text) <= chars else text[: chars - 1] + "…"
+                        right = r["step"] > (steps[0] + steps[-1]) / 2  # keep the label inside the axes
+                        ax.annotate(f"promoted: {text}", (r["step"], r["student/baseline_score"]), fontsize=7,
+                                    xytext=(-5 if right else 5, 12), textcoords="offset points", wrap=True,
+                                    ha="right" if right else "left",
+                                    bbox={"boxstyle": "round", "fc": "white", "ec": color, "alpha": 0.9})
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("outer step")
+        ax.set_ylabel("baseline student score on Q_R")
+        ax.set_title("Baseline student across promotions (dashed)")
+        ax.legend(fontsize=7)
         return _finish(fig, path)

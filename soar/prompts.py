@@ -52,3 +52,32 @@ def student_messages(problem: str) -> list[dict[str, str]]:
 def teacher_messages(one_shot: bool = False) -> list[dict[str, str]]:
     """Chat messages asking the teacher for one question-answer pair (optionally with an example)."""
     return [{"role": "user", "content": TEACHER_PROMPT + ("\nExample:\n" + TEACHER_EXAMPLE if one_shot else "")}]
+
+
+# The question judge (soar.analysis; PAPER.md "Question analysis"). Its own version: a change of
+# wording invalidates cached verdicts without touching the student and teacher prompts.
+JUDGE_VERSION = "judge-v1"
+ERROR_TYPES = ("none", "arithmetic", "logic", "impossibility", "ambiguity")
+
+JUDGE_TEMPLATE = (
+    "You are checking a math question and the answer its author gave.\n\n"
+    "Question: {question}\n"
+    "Author's answer: {answer}\n\n"
+    "First decide whether the question is well-posed: self-contained, unambiguous, possible, with "
+    "exactly one correct final answer. If it is, solve it yourself and decide whether the author's "
+    "answer is correct.\n"
+    "Reply with one JSON object and nothing else, with these keys:\n"
+    '"well_posed": true or false;\n'
+    '"correct": true or false, or null when the question is not well-posed;\n'
+    '"error_type": one of "none" (well-posed and correct), "arithmetic" (a calculation mistake in '
+    'the answer), "logic" (a wrong method or reasoning), "impossibility" (the question cannot be '
+    'satisfied as stated), "ambiguity" (more than one reading or answer);\n'
+    '"answer": your own verified final answer as a string, or null.\n'
+    'A question that is not well-posed gets "impossibility" or "ambiguity"; a well-posed question '
+    'with a wrong answer gets "arithmetic" or "logic".'
+)
+
+
+def judge_messages(question: str, answer: str) -> list[dict[str, str]]:
+    """Chat messages asking the judge for a JSON verdict on one question-answer pair."""
+    return [{"role": "user", "content": JUDGE_TEMPLATE.format(question=question, answer=answer)}]

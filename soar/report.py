@@ -117,7 +117,37 @@ def main_table(root: Path) -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"fail_at_k": fail_at_k, "soar": soar_runs, "main_table": main_table, "benchmarks": benchmarks}
+def analysis(root: Path) -> str:
+    path = paths.RESULTS / "analysis" / "metrics.json"
+    m, table = _load(root / path), root / paths.TABLES / "questions.md"
+    if m is None or not table.exists():
+        return _missing(path, "the analyze_questions stage")
+
+    def rho(a):
+        if a["rho"] is None:
+            return f"undefined ({a['datasets']} datasets with a value, or no variation)"
+        ci = "n/a" if a["ci"] is None else f"{a['ci'][0]:+.2f} to {a['ci'][1]:+.2f}"
+        return f"{a['rho']:+.2f} (95% CI {ci}; {a['datasets']} datasets)"
+
+    vendi = ", ".join(f"{k} {v['mean']:.2f}" + (f" ± {v['std']:.2f}" if v["std"] else "")
+                      for k, v in m["vendi"].items() if v["mean"] is not None)
+    sizes = sorted({v["size"] for v in m["vendi"].values() if v["mean"] is not None})
+    draws = max((v["draws"] for v in m["vendi"].values()), default=0)
+    lines = [f"Judge `{m['judge']}` ({m['judge_version']}). Verdict rows: % of parsed verdicts; re-solve row: "
+             "% of questions whose re-solves boxed an answer (count / denominator):", "",
+             table.read_text().strip(), "",
+             f"- Vendi score ({m['embedder']}; mean ± SD over {draws} draws of {'/'.join(map(str, sizes)) or 'no'} "
+             f"questions): {vendi or 'n/a'}"]
+    for variant, assoc in m["reward_association"].items():
+        lines += [f"- {variant}: teacher reward vs share of well-posed questions per dataset, Spearman: "
+                  f"{rho(assoc['well_posed'])}",
+                  f"- {variant}: teacher reward vs share whose re-solve agrees, Spearman: {rho(assoc['correct'])}"]
+    lines += [f"- Missing column: {x}" for x in m["missing"]]
+    return "\n".join(lines)
+
+
+BLOCKS = {"fail_at_k": fail_at_k, "soar": soar_runs, "main_table": main_table, "analysis": analysis,
+          "benchmarks": benchmarks}
 
 
 def render(readme: str | Path = "README.md", root: str | Path = ".") -> list[str]:
