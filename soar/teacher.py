@@ -22,13 +22,21 @@ from pathlib import Path
 
 import torch
 
-from soar import grading, prompts, rl
-from soar.data import Problem, sample_problems, seed_from
+from soar import grading, paths, prompts, rl
+from soar.data import Problem, load_problems, sample_problems, seed_from
 from soar.metrics import lexical_diversity
 from soar.parallel import InProcess
 from soar.policy import make_optimizer, update
 from soar.sampling import encode_prompts, generate
 from soar.student import evaluate_student, train_student
+
+
+def reward_pool(cfg) -> list[Problem]:
+    """D_train of a SOAR run: the hard train split of the first pool in fail_at_k.pools (the
+    teacher's reward set). Further pools are out of distribution for the teacher, which never
+    sees them; their fresh students mix this run's PQ with their own hard train split (the
+    paper's OlympiadBench transfer; a HARP-trained teacher is a run with harp first)."""
+    return load_problems(paths.hard_split(cfg.fail_at_k.pools[0], "train"))
 
 
 @dataclass

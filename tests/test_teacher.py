@@ -193,3 +193,17 @@ def test_variants_run_one_outer_step(tmp_path, grader, variant):
     assert row["promotion"] == (variant != "no_promotion")
     if variant == "intrinsic":  # the learnability reward lies in [0, 1); the grounded gain is kept too
         assert all(0 <= s["reward"] < 1 for s in samples) and all("grounded" in s for s in samples)
+
+
+def test_the_reward_pool_is_the_first_pool_only(tmp_path, monkeypatch):
+    """D_train is the first pool's hard train split; a second pool (OlympiadBench in the paper)
+    stays out of distribution for the teacher."""
+    from soar import config, data, paths
+    from soar.data import Problem
+    from soar.teacher import reward_pool
+
+    monkeypatch.chdir(tmp_path)
+    for pool, n in (("math_test", 3), ("olympiadbench", 2)):
+        data.write_jsonl(paths.hard_split(pool, "train"), [Problem(f"{pool}/{i}", f"Q{i}?", "1") for i in range(n)])
+    cfg = config.load(ROOT / "params.yaml", {"fail_at_k": {"pools": ["math_test", "olympiadbench"]}})
+    assert [p.id for p in reward_pool(cfg)] == ["math_test/0", "math_test/1", "math_test/2"]
