@@ -575,7 +575,9 @@ def analyze(cfg, *, grader, judge=None, out: str | Path | None = None) -> dict:
     summaries, Vendi, drift and reward association. Writes <out>/verdicts.jsonl (the cache),
     <out>/embeddings.npz (embeddings and Vendi draws), <out>/metrics.json and
     results/tables/questions.md; returns the metrics."""
-    from soar.data import load_benchmark, write_json
+    import warnings
+
+    from soar.data import DataWarning, load_benchmark, write_json
     from soar.tracking import read_log
 
     a = cfg.analysis
@@ -603,7 +605,10 @@ def analyze(cfg, *, grader, judge=None, out: str | Path | None = None) -> dict:
 
     embedder = load_embedder(a.embedder)
     embeddings = {label: embed(embedder, [p.problem for p in ps]) for label, ps in pools.items()}
-    centroids = subject_centroids(embedder, load_benchmark("math_train"), a.subject_examples, cfg.seed)
+    with warnings.catch_warnings():  # MATH train's two empty answers do not matter for topics
+        warnings.simplefilter("ignore", DataWarning)
+        math_train = load_benchmark("math_train")
+    centroids = subject_centroids(embedder, math_train, a.subject_examples, cfg.seed)
     # One draw size for every column, so that Vendi scores compare (a smaller pool sets it).
     size = min([a.vendi_size] + [len(e) for e in embeddings.values()])
     vendi, arrays = {}, {}

@@ -79,6 +79,7 @@ def teacher_reward(runs: dict[str, dict[int, list[dict]]], path: str | Path | No
             _seeds_and_mean(ax, [{r["step"]: r["teacher/reward_mean"] for r in rows} for rows in seeds.values()],
                             color, variant)
         ax.axhline(0, color="k", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("outer step")
         ax.set_ylabel("teacher reward (mean over datasets)")
         ax.set_title("Teacher reward; ▲ promotion")
@@ -136,6 +137,14 @@ def _errors(values: Sequence[float], cis: Sequence) -> tuple[list[float], list[f
     return lo, hi
 
 
+def _columns(names) -> list[str]:
+    """Teacher variants in the paper's column order (metrics.json stores keys sorted)."""
+    from soar.analysis import POOLS
+
+    order = [label for label, _, _ in POOLS]
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
@@ -160,7 +169,7 @@ def question_verdicts(metrics: dict, path: str | Path | None = None):
     from soar.prompts import ERROR_TYPES
 
     variants = metrics["variants"]
-    names = list(variants)
+    names = _columns(variants)
     x = np.arange(len(names))
     with plt.rc_context(STYLE):
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -198,7 +207,7 @@ def vendi_bars(metrics: dict, path: str | Path | None = None):
         if not vendi:
             _empty(ax, "no teacher has 2 or more questions")
             return _finish(fig, path)
-        names = list(vendi)
+        names = _columns(vendi)
         means = [vendi[n]["mean"] for n in names]
         ax.bar(names, means, yerr=_errors(means, [vendi[n]["ci"] for n in names]), capsize=3)
         sizes = sorted({vendi[n]["size"] for n in names})
