@@ -117,12 +117,13 @@ def test_vendi_recomputed_from_the_saved_embeddings_and_every_question_judged(pr
         return float(np.exp(-(w * np.log(w)).sum()))
 
     for label, v in m["vendi"].items():
-        x = emb[label.replace("-", "_")]
+        x, draws = emb[v["array"]], emb[v["array"] + "__draws"]
         assert v["full"] == pytest.approx(vendi(x), rel=1e-6)
         if len(x) < 2:
             assert v["mean"] is None
         else:
-            assert v["mean"] == pytest.approx(np.mean([vendi(x[i]) for i in v["indices"]]), rel=1e-6)
+            assert draws.shape == (v["draws"], v["size"])
+            assert v["mean"] == pytest.approx(np.mean([vendi(x[i]) for i in draws]), rel=1e-6)
     judged = {r["question"] for r in _jsonl(project / "results/analysis/verdicts.jsonl")}
     proposed = {q for f in (project / RUN / "samples").glob("*.jsonl") for r in _jsonl(f) for q in r["questions"]}
     assert proposed <= judged
