@@ -244,7 +244,7 @@ class AnalysisConfig:
     embedder: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model for Vendi and drift (all-MiniLM-L6-v2 ships offline; any name works)."""
     vendi_size: int = 128
-    """Questions per Vendi draw (paper: 128); smaller pools use their own size, recorded."""
+    """Questions per Vendi draw (paper: 128); every column uses min(this, its smallest pool), recorded."""
     vendi_draws: int = 100
     """Vendi draws per variant (paper: 100)."""
     subject_examples: int = 50
