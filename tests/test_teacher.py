@@ -122,8 +122,8 @@ def _toy_cfg(**soar):
 class ReversedOrder:
     """An executor that runs the inner loops last-first: results must not depend on the order."""
 
-    def map(self, fn, items):
-        return list(reversed([fn(x) for x in reversed(list(items))]))
+    def map(self, fn, jobs, *, local, promotions=()):
+        return list(reversed([fn(local, job) for job in reversed(list(jobs))]))
 
 
 def _run(cfg, checkpoint, grader, executor=None):

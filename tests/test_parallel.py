@@ -1,0 +1,79 @@
+"""Executors: Ray actors give the in-process results for the same seeds (real model, local Ray)."""
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from soar import config, grading, parallel
+from soar.data import load_benchmark
+from soar.models import load_model
+from soar.policy import Policy
+from soar.teacher import SoarRun
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cfg, checkpoint, grader, executor):
+    d_train = load_benchmark("gsm8k_test", limit=4, seed=0)
+    policies = [Policy(*load_model(cfg.model.name, device="cpu"), adapter=role.adapter, lora_r=role.lora_r,
+                       lora_alpha=role.lora_alpha) for role in (cfg.teacher, cfg.student)]
+    return SoarRun(*policies, d_train, cfg, grader=grader, checkpoint=checkpoint, fingerprint=config.fingerprint(cfg),
+                   executor=executor)
+
+
+def _comparable(row):
+    return {k: v for k, v in row.items() if not k.startswith("time/")}
+
+
+def test_make_executor_reads_the_parallel_section():
+    cfg = config.load(ROOT / "params.yaml")
+    assert isinstance(parallel.make_executor(cfg.parallel), parallel.InProcess)
+    ray_cfg = config.load(ROOT / "params.yaml", {"parallel": {"backend": "ray", "workers": 3}})
+    ex = parallel.make_executor(ray_cfg.parallel)
+    assert isinstance(ex, parallel.RayExecutor) and ex.workers == 3 and not ex.actors  # started lazily
+    with pytest.raises(config.ConfigError, match="parallel.backend"):
+        config.load(ROOT / "params.yaml", {"parallel": {"backend": "dask"}})
+    assert config.fingerprint(cfg) == config.fingerprint(ray_cfg), "the executor never changes a run's results"
+
+
+@pytest.mark.slow
+def test_ray_actors_match_in_process_and_leave_no_files(tmp_path, monkeypatch):
+    if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its token at import
+        pytest.skip("ray is not installed")
+    home = tmp_path / "home"
+    home.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix="soar-t-", dir="/tmp"))  # short: Ray's socket paths are <= 107 bytes
+    monkeypatch.setenv("HOME", str(home))  # Ray's default token file is ~/.ray/auth_token
+    monkeypatch.setenv("TMPDIR", str(tmp))  # its session files: /tmp/ray unless told otherwise
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    # tau below any reward: step 0 promotes, so the actors must replay that promotion at step 1
+    cfg = config.load(ROOT / "params.yaml", {"profile": "smoke", "soar": {"tau": -1.0, "window": 1}})
+    try:
+        with grading.Grader(workers=1) as grader:
+            local = _run(cfg, tmp_path / "a.pt", grader, parallel.InProcess())
+            local.meta_step()
+            local.save()
+            assert len(local.state.promotions) == 1
+            shutil.copy(tmp_path / "a.pt", tmp_path / "b.pt")
+            ray_ex = parallel.RayExecutor(2)
+            try:
+                remote = _run(cfg, tmp_path / "b.pt", grader, ray_ex)  # resumed after the promotion
+                row_b, samples_b = remote.meta_step()
+                assert len(ray_ex.actors) == 2
+            finally:
+                ray_ex.close()
+            row_a, samples_a = local.meta_step()
+        assert _comparable(row_a) == _comparable(row_b)
+        assert samples_a == samples_b  # questions, answers, rewards, every student's gain
+        a, b = local.teacher.state(), remote.teacher.state()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert list(home.iterdir()) == [] and list(tmp.iterdir()) == [], "Ray left files behind"
+        assert "RAY_AUTH_TOKEN" not in os.environ
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
