@@ -39,6 +39,11 @@ def soar_run(variant: str, seed: int) -> str:
     return f"{variant}/seed{seed}"
 
 
+def sweep_run(tau: float, n: int) -> str:
+    """Name of one cell of the sweep stage's tau x n grid (dvc.yaml spells it the same way)."""
+    return f"tau{tau}-n{n}"
+
+
 def retrain_run(pool: str, method: str, seed: int) -> str:
     """Name of one fresh student of the retrain stage (its results and checkpoints directory)."""
     return f"{pool}/{method}/seed{seed}"

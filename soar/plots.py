@@ -369,3 +369,49 @@ def baseline_across_promotions(runs: dict[str, dict[int, list[dict]]], pq: dict[
         ax.set_title("Baseline student across promotions (dashed)")
         ax.legend(fontsize=7)
         return _finish(fig, path)
+
+
+def sensitivity(grid: dict[tuple[float, int], list[dict]], path: str | Path | None = None):
+    """Fig. 17 (tau and n sensitivity), from the sweep stage: per (tau, n) cell, the mean teacher
+    reward over outer steps and the promotions made (annotated heatmaps), and each cell's reward
+    per outer step with its promotions. grid: (tau, n) -> metric rows of that run."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), squeeze=False)
+        done = {cell: rows for cell, rows in grid.items() if rows}
+        if not done:
+            for ax in axes[0]:
+                _empty(ax, "no sweep run has finished a step" if ax is axes[0][0] else "")
+            return _finish(fig, path)
+        taus, ns = sorted({t for t, _ in grid}), sorted({n for _, n in grid})
+        panels = (("mean teacher reward", lambda rows: sum(r["teacher/reward_mean"] for r in rows) / len(rows), "{:.3f}"),
+                  ("promotions", lambda rows: rows[-1]["promotions"], "{:.0f}"))
+        for ax, (title, value, fmt) in zip(axes[0], panels):
+            cells = [[value(done[(t, n)]) if (t, n) in done else float("nan") for n in ns] for t in taus]
+            image = ax.imshow(cells, cmap="viridis", aspect="auto", origin="lower")
+            for i, row in enumerate(cells):
+                for j, v in enumerate(row):
+                    ax.text(j, i, "not run" if v != v else fmt.format(v), ha="center", va="center", color="w",
+                            fontsize=9, bbox={"facecolor": "k", "alpha": 0.3, "lw": 0})
+            ax.set_xticks(range(len(ns)), [str(n) for n in ns])
+            ax.set_yticks(range(len(taus)), [str(t) for t in taus])
+            ax.set_xlabel("dataset size n")
+            ax.set_ylabel("promotion threshold τ")
+            ax.set_title(title)
+            ax.grid(False)
+            fig.colorbar(image, ax=ax, shrink=0.8)
+        ax = axes[0][2]
+        for (t, n), rows in sorted(done.items()):  # one line style per tau: cells that differ only in
+            # tau share the seed, so their lines coincide until a promotion separates them
+            line, = ax.plot([r["step"] for r in rows], [r["teacher/reward_mean"] for r in rows], marker="o",
+                            ls=("-", "--", ":", "-.")[taus.index(t) % 4], lw=max(0.8, 2.5 - 0.7 * taus.index(t)),
+                            label=f"τ={t}, n={n}")
+            promoted = [(r["step"], r["teacher/reward_mean"]) for r in rows if r.get("promotion")]
+            if promoted:
+                ax.scatter(*zip(*promoted), color=line.get_color(), marker="^", s=60, zorder=3)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("outer step")
+        ax.set_ylabel("teacher reward")
+        ax.set_title("Reward per step; ▲ promotion")
+        ax.legend(fontsize=7)
+        return _finish(fig, path)

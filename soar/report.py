@@ -60,6 +60,21 @@ def soar_runs(root: Path) -> str:
                    "s / outer step"], rows)
 
 
+def sweep(root: Path) -> str:
+    """The tau x n sensitivity runs (sweep stage), one row per grid cell that has run."""
+    runs = sorted((root / paths.RESULTS / "sweep").glob("*/metrics.json"))
+    if not runs:
+        return _missing(paths.RESULTS / "sweep", "the sweep stage")
+    rows = []
+    for path in runs:
+        m = json.loads(path.read_text())
+        rows.append([path.parent.name, m["outer_steps"], f"{m['reward_mean_all']:+.4f}", m["promotions"],
+                     ", ".join(map(str, m["promotion_steps"])) or "none", f"{m['rejection_rate_mean']:.0%}",
+                     f"{m['seconds_per_step']:.0f}"])
+    return _table(["cell", "outer steps", "mean teacher reward", "promotions", "promoted at step",
+                   "teacher rejection rate", "s / outer step"], rows)
+
+
 def benchmarks(root: Path) -> str:
     out = []
     gen = _load(root / paths.BENCHMARKS / "generation.json")
@@ -91,6 +106,14 @@ def benchmarks(root: Path) -> str:
                    f"micro-batch {z['micro_batch']}), same run: ours **{il['step_s']['ours']:.0f} s** per step, "
                    f"TRL `RLOOTrainer` {bound}{il['step_s']['trl']:.0f} s per step{stopped} "
                    f"(TRL / ours {bound}{il['trl_over_ours']:.1f}x).")
+    ry = _load(root / paths.BENCHMARKS / "ray.json")
+    if ry:
+        out.append(f"- Ray, one outer step ({ry['profile']} profile, {ry['inner_loops']} inner loops): in-process "
+                   f"**{ry['inprocess']['step_s']:.0f} s**, {ry['workers']} local Ray CPU actors "
+                   f"**{ry['ray']['step_s']:.0f} s** ({ry['ray_over_inprocess']:.2f}x the in-process time, of which "
+                   f"{ry['ray']['startup_s']:.0f} s starting the actors; "
+                   f"{ry['ray_over_inprocess_without_startup']:.2f}x without it); same metrics and datasets: "
+                   f"{'yes' if ry['identical_results'] else 'NO'}.")
     return "\n".join(out) if out else _missing(paths.BENCHMARKS, "`make bench`")
 
 
@@ -147,7 +170,7 @@ def analysis(root: Path) -> str:
 
 
 BLOCKS = {"fail_at_k": fail_at_k, "soar": soar_runs, "main_table": main_table, "analysis": analysis,
-          "benchmarks": benchmarks}
+          "sweep": sweep, "benchmarks": benchmarks}
 
 
 def render(readme: str | Path = "README.md", root: str | Path = ".") -> list[str]:

@@ -39,6 +39,8 @@ def project(tmp_path_factory):
     params = (work / "params.yaml").read_text().replace("profile: tiny", "profile: smoke")
     params = params.replace("variants: [grounded, intrinsic]", "variants: [grounded]")
     assert "variants: [grounded]\n" in params  # one run keeps CI short; the variants: test_teacher
+    params = params.replace("taus: [0.01, 0.02]", "taus: [0.01]").replace("ns: [1, 2]", "ns: [1]")
+    assert "taus: [0.01]\n" in params and "ns: [1]\n" in params  # one sweep cell
     (work / "params.yaml").write_text(params)
     _run(["git", "init", "-q"], work)
     _run(["dvc", "init", "-q"], work)
@@ -61,7 +63,8 @@ def test_every_stage_writes_its_outputs(project):
                 "results/figures/vendi.png", "results/figures/curriculum_drift.png", "results/figures/step_diversity.png",
                 "results/notebooks/06_figures.ipynb", "results/figures/teacher_reward.pdf",
                 "results/figures/baseline_promotions.png", "results/figures/main_table_bars.png",
-                "results/figures/oracle_share.png"):
+                "results/figures/oracle_share.png", "results/sweep/tau0.01-n1/metrics.json",
+                "results/notebooks/02_train_soar-sweep-tau0.01-n1.ipynb", "results/figures/sensitivity.png"):
         assert (project / rel).exists(), rel
 
 

@@ -31,3 +31,19 @@ def test_readme_agrees_with_the_committed_results(tmp_path):
     copy.write_text((root / "README.md").read_text())
     report.render(copy, root)
     assert copy.read_text() == (root / "README.md").read_text(), "README.md is stale: run `python -m soar.report`"
+
+
+def test_sweep_block_has_one_row_per_cell_that_ran(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:sweep -->\n<!-- /results:sweep -->\n")
+    report.render(readme, tmp_path)
+    assert "_Not produced yet: `results/sweep` comes from the sweep stage._" in readme.read_text()
+    for cell, promotions in (("tau0.01-n1", [0, 1]), ("tau0.02-n1", [])):
+        (tmp_path / "results/sweep" / cell).mkdir(parents=True)
+        (tmp_path / "results/sweep" / cell / "metrics.json").write_text(json.dumps({
+            "outer_steps": 2, "reward_mean_all": 0.0125, "promotions": len(promotions),
+            "promotion_steps": promotions, "rejection_rate_mean": 0.9, "seconds_per_step": 101.0}))
+    report.render(readme, tmp_path)
+    text = readme.read_text()
+    assert "| tau0.01-n1 | 2 | +0.0125 | 2 | 0, 1 | 90% | 101 |" in text
+    assert "| tau0.02-n1 | 2 | +0.0125 | 0 | none | 90% | 101 |" in text
