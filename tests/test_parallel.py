@@ -9,25 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_teacher import _comparable, _run  # one way to build a toy SoarRun (pytest puts tests/ on sys.path)
+
 from soar import config, grading, parallel
-from soar.data import load_benchmark
-from soar.models import load_model
-from soar.policy import Policy
-from soar.teacher import SoarRun
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _run(cfg, checkpoint, grader, executor):
-    d_train = load_benchmark("gsm8k_test", limit=4, seed=0)
-    policies = [Policy(*load_model(cfg.model.name, device="cpu"), adapter=role.adapter, lora_r=role.lora_r,
-                       lora_alpha=role.lora_alpha) for role in (cfg.teacher, cfg.student)]
-    return SoarRun(*policies, d_train, cfg, grader=grader, checkpoint=checkpoint, fingerprint=config.fingerprint(cfg),
-                   executor=executor)
-
-
-def _comparable(row):
-    return {k: v for k, v in row.items() if not k.startswith("time/")}
 
 
 def test_make_executor_reads_the_parallel_section():
@@ -56,14 +42,14 @@ def test_ray_actors_match_in_process_and_leave_no_files(tmp_path, monkeypatch):
     cfg = config.load(ROOT / "params.yaml", {"profile": "smoke", "soar": {"tau": -1.0, "window": 1}})
     try:
         with grading.Grader(workers=1) as grader:
-            local = _run(cfg, tmp_path / "a.pt", grader, parallel.InProcess())
+            local = _run(cfg, tmp_path / "a.pt", grader, executor=parallel.InProcess())
             local.meta_step()
             local.save()
             assert len(local.state.promotions) == 1
             shutil.copy(tmp_path / "a.pt", tmp_path / "b.pt")
             ray_ex = parallel.RayExecutor(2)
             try:
-                remote = _run(cfg, tmp_path / "b.pt", grader, ray_ex)  # resumed after the promotion
+                remote = _run(cfg, tmp_path / "b.pt", grader, executor=ray_ex)  # resumed after the promotion
                 row_b, samples_b = remote.meta_step()
                 assert len(ray_ex.actors) == 2
             finally:
