@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_grading.py
 	$(BIN)/python benchmarks/bench_outer_step.py
 	$(BIN)/python benchmarks/bench_inner_loop.py
+	$(BIN)/python benchmarks/bench_batched.py
 	$(BIN)/python benchmarks/bench_ray.py
 	$(BIN)/python -m soar.report
 

@@ -264,6 +264,10 @@ class ParallelConfig:
     """`ray.init(address=...)`: null starts a local Ray; "auto" or "ray://host:10001" joins a cluster."""
     gpus_per_worker: float = 0.0
     """GPUs per actor (1 on a GPU cluster; 0 runs CPU actors)."""
+    batch_students: int = 1
+    """Students one worker trains at once on its base (batched students, LoRA only): their answers
+    are sampled in one mixed-adapter batch. 1 trains them one after another. The same results
+    up to float round-off from the larger batch."""
 
 
 @dataclass(frozen=True)
@@ -385,6 +389,10 @@ def from_dict(data: dict, *, where: str = "params") -> Config:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+    if cfg.parallel.batch_students < 1:
+        raise ConfigError(f"parallel.batch_students: must be >= 1, got {cfg.parallel.batch_students}")
+    if cfg.parallel.batch_students > 1 and cfg.student.adapter != "lora":
+        raise ConfigError("parallel.batch_students > 1 needs student.adapter: lora (students share one base)")
     return cfg
 
 

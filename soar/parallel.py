@@ -34,6 +34,8 @@ class Worker:
 
 
 class InProcess:
+    slots = 1  # workers that take a share of the jobs
+
     def map(self, fn: Callable[[Worker, Any], Any], jobs: Sequence[Any], *, local: Worker,
             promotions: Sequence[dict] = ()) -> list[Any]:
         """fn(local, job) for every job; `local.student` already carries the promotions."""
@@ -79,6 +81,7 @@ class RayExecutor:
         if workers < 1:
             raise ValueError(f"parallel.workers must be >= 1, got {workers}")
         self.workers, self.address, self.gpus = workers, address, gpus_per_worker
+        self.slots = workers
         self.actors: list = []
         self._temp_dir: str | None = None
         self._env: dict[str, str | None] = {}

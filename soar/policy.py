@@ -54,6 +54,43 @@ class Policy:
         """What training changed: the adapter, or every weight under full fine-tuning."""
         return trainable_state(self.model)
 
+    @contextlib.contextmanager
+    def students(self, seeds):
+        """Batched students: one fresh LoRA adapter per seed beside the policy's own, on the same
+        base, each initialised exactly as reset(seed) initialises the policy. Yields their names;
+        `training(name)` makes one of them the trained one. Removed on exit."""
+        if self.adapter != "lora":
+            raise ValueError("batched students need adapter: lora (full fine-tuning has one model per student)")
+        names = [f"student{k}" for k in range(len(seeds))]
+        config = self.model.peft_config[ADAPTER]
+        try:
+            for name, seed in zip(names, seeds):
+                self.model.add_adapter(name, config)
+                torch.manual_seed(seed % 2**32)  # the same draws, in the same module order, as reset(seed)
+                for module in self.model.modules():
+                    if hasattr(module, "reset_lora_parameters") and name in getattr(module, "lora_A", {}):
+                        module.reset_lora_parameters(name, True)
+            yield names
+        finally:
+            self.model.set_adapter(ADAPTER)
+            for name in names:
+                if name in self.model.peft_config:
+                    self.model.delete_adapter(name)
+
+    @contextlib.contextmanager
+    def training(self, name: str):
+        """Make adapter `name` the active and only trainable one (parameters(), update(), state())."""
+        self.model.set_adapter(name)
+        try:
+            yield
+        finally:
+            self.model.set_adapter(ADAPTER)
+
+    def student_state(self, name: str) -> dict[str, torch.Tensor]:
+        """Adapter `name`'s weights under the policy's own adapter names, as state() would give them."""
+        with self.training(name):
+            return {k.replace(f".{name}.", f".{ADAPTER}."): v for k, v in self.state().items()}
+
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         load_trainable_state(self.model, state)
 
@@ -78,6 +115,7 @@ class Policy:
         else:
             self.load_state(state)
             self.base.load_state_dict(self.model.state_dict())
+        self.model.base_version = getattr(self.model, "base_version", 0) + 1  # a vLLM engine reloads it
         self.reset(seed=0)
 
     def parameters(self):

@@ -76,45 +76,61 @@ def sweep(root: Path) -> str:
 
 
 def benchmarks(root: Path) -> str:
-    out = []
+    """One table row per benchmark file: what it measured, its result, its date and device."""
+    rows = []
+
+    def row(name: str, b: dict, text: str) -> None:
+        threads = b["machine"].get("torch_threads", 2) if isinstance(b.get("machine"), dict) else b.get("threads", 2)
+        rows.append(f"| {name} | {text} | {b['date']} | {b.get('device', 'cpu').upper()}, {threads} threads |")
+
     gen = _load(root / paths.BENCHMARKS / "generation.json")
     if gen:
-        out.append(f"- Generation: `soar.sampling.generate` {gen['soar_generate']['tokens_per_s']:.0f} tokens/s vs a "
-                   f"per-prompt `model.generate` loop {gen['naive_loop']['tokens_per_s']:.0f} tokens/s in the same run: "
-                   f"**{gen['speedup']:.1f}x** ({gen['setup']['prompts']} prompts x {gen['setup']['n']} samples x "
-                   f"{gen['setup']['tokens']} tokens, {gen['machine']['torch_threads']} threads).")
+        row("Generation", gen, f"`soar.sampling.generate` {gen['soar_generate']['tokens_per_s']:.0f} tokens/s vs a per-prompt "
+            f"`model.generate` loop {gen['naive_loop']['tokens_per_s']:.0f} tokens/s in the same run: "
+            f"**{gen['speedup']:.1f}x** ({gen['setup']['prompts']} prompts x {gen['setup']['n']} samples x "
+            f"{gen['setup']['tokens']} tokens)")
     gr = _load(root / paths.BENCHMARKS / "grading.json")
     if gr:
-        out.append(f"- Grading: {gr['grade_many']['answers_per_s']:.0f} answers/s batched vs "
-                   f"{gr['is_correct_one_at_a_time']['answers_per_s']:.0f} one at a time "
-                   f"({gr['grade_many']['answers_per_s'] / gr['is_correct_one_at_a_time']['answers_per_s']:.2f}x; "
-                   f"{gr['grade_many']['fast_path_share']:.0%} settled by the exact fast path; worker pool cold start "
-                   f"{gr['pool_cold_start_s']:.2f} s).")
+        row("Grading", gr, f"{gr['grade_many']['answers_per_s']:.0f} answers/s batched vs "
+            f"{gr['is_correct_one_at_a_time']['answers_per_s']:.0f} one at a time "
+            f"({gr['grade_many']['answers_per_s'] / gr['is_correct_one_at_a_time']['answers_per_s']:.2f}x; "
+            f"{gr['grade_many']['fast_path_share']:.0%} settled by the exact fast path; worker pool cold start "
+            f"{gr['pool_cold_start_s']:.2f} s)")
     st = _load(root / paths.BENCHMARKS / "outer_step.json")
     if st:
         phases = ", ".join(f"{k} {v:.0f} s ({st['phase_share'][k]:.0%})" for k, v in st["phases_s"].items())
-        out.append(f"- One SOAR outer step, {st['profile']} profile, {st['threads']} CPU threads: **{st['step_s']:.0f} s**, "
-                   f"{st['step_over_budget']:.0%} of the 10-minute budget ({phases}); peak RSS "
-                   f"{st['peak_rss_mb'] / 1024:.1f} GiB; teacher rejection rate {st['rejection_rate']:.0%}.")
+        row("SOAR outer step", st, f"{st['profile']} profile: **{st['step_s']:.0f} s**, {st['step_over_budget']:.0%} of the "
+            f"10-minute budget ({phases}); peak RSS {st['peak_rss_mb'] / 1024:.1f} GiB; teacher rejection rate "
+            f"{st['rejection_rate']:.0%}")
     il = _load(root / paths.BENCHMARKS / "inner_loop.json")
     if il:
         z = il["sizes"]
         bound = "" if il["trl_finished"] else "more than "
         stopped = "" if il["trl_finished"] else ", stopped unfinished at the time limit"
-        out.append(f"- Student inner loop, {z['inner_steps']} RLOO steps of {z['questions_per_step']} questions x "
-                   f"{z['samples_per_question']} samples x {z['max_new_tokens']} tokens (LoRA r = {z['lora_r']}, "
-                   f"micro-batch {z['micro_batch']}), same run: ours **{il['step_s']['ours']:.0f} s** per step, "
-                   f"TRL `RLOOTrainer` {bound}{il['step_s']['trl']:.0f} s per step{stopped} "
-                   f"(TRL / ours {bound}{il['trl_over_ours']:.1f}x).")
+        row("Student inner loop", il, f"{z['inner_steps']} RLOO steps of {z['questions_per_step']} questions x "
+            f"{z['samples_per_question']} samples x {z['max_new_tokens']} tokens (LoRA r = {z['lora_r']}, micro-batch "
+            f"{z['micro_batch']}), same run: ours **{il['step_s']['ours']:.0f} s** per step, TRL `RLOOTrainer` "
+            f"{bound}{il['step_s']['trl']:.0f} s per step{stopped} (TRL / ours {bound}{il['trl_over_ours']:.1f}x)")
+    bs = _load(root / paths.BENCHMARKS / "batched.json")
+    if bs:
+        z = bs["sizes"]
+        row("Batched students", bs, f"{z['students']} LoRA students ({z['datasets']} datasets x r = {z['r']}), "
+            f"{z['inner_steps']} RLOO steps of {z['questions_per_step']} x {z['samples_per_question']} x "
+            f"{z['max_new_tokens']} tokens each, then greedy Q_R scoring: one after another "
+            f"{bs['one_after_another']['wall_s']:.0f} s, all on one base **{bs['batched']['wall_s']:.0f} s** "
+            f"(**{bs['speedup']:.2f}x**; training {bs['one_after_another']['train_s']:.0f} -> "
+            f"{bs['batched']['train_s']:.0f} s, Q_R scoring {bs['one_after_another']['q_r_s']:.0f} -> "
+            f"{bs['batched']['q_r_s']:.0f} s); identical gains: {'yes' if bs['identical_gains'] else 'NO'}")
     ry = _load(root / paths.BENCHMARKS / "ray.json")
     if ry:
-        out.append(f"- Ray, one outer step ({ry['profile']} profile, {ry['inner_loops']} inner loops): in-process "
-                   f"**{ry['inprocess']['step_s']:.0f} s**, {ry['workers']} local Ray CPU actors "
-                   f"**{ry['ray']['step_s']:.0f} s** ({ry['ray_over_inprocess']:.2f}x the in-process time, of which "
-                   f"{ry['ray']['startup_s']:.0f} s starting the actors; "
-                   f"{ry['ray_over_inprocess_without_startup']:.2f}x without it); same metrics and datasets: "
-                   f"{'yes' if ry['identical_results'] else 'NO'}.")
-    return "\n".join(out) if out else _missing(paths.BENCHMARKS, "`make bench`")
+        row("Ray executor", ry, f"one outer step ({ry['profile']} profile, {ry['inner_loops']} inner loops): in-process "
+            f"**{ry['inprocess']['step_s']:.0f} s**, {ry['workers']} local Ray CPU actors **{ry['ray']['step_s']:.0f} s** "
+            f"({ry['ray_over_inprocess']:.2f}x the in-process time, of which {ry['ray']['startup_s']:.0f} s starting "
+            f"the actors; {ry['ray_over_inprocess_without_startup']:.2f}x without it); same metrics and datasets: "
+            f"{'yes' if ry['identical_results'] else 'NO'}")
+    if not rows:
+        return _missing(paths.BENCHMARKS, "`make bench`")
+    return "\n".join(["| Benchmark | Result | Date | Device |", "|---|---|---|---|", *rows])
 
 
 def main_table(root: Path) -> str:

@@ -7,15 +7,21 @@ a plain KV-cached decode loop on Hugging Face forward passes, written out here r
   so a completion does not depend on which other prompts share its batch (up to float
   round-off from padding), which makes executors and resumed runs agree;
 - one prefill per distinct prompt, shared by its n samples (the KV cache is gathered);
+- mixed LoRA adapters in one batch (peft `adapter_names`): each prompt names the adapter that
+  answers it, so several students on one base decode together (batched students);
 - finished rows leave the batch at once, so long stragglers do not pay for short answers;
 - stop strings and a progress bar with tokens/s.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm  # plain bars: readable in papermill records, no ipywidgets needed
@@ -70,8 +76,10 @@ def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gens: l
 
 
 @torch.no_grad()
-def _decode_batch(model, tokenizer, prompt_ids, jobs, *, max_new_tokens, temperature, top_p, stop, seed, eos):
-    """Decode one batch of (prompt_index, sample_index) jobs; returns {job: (ids, finished)}."""
+def _decode_batch(model, tokenizer, prompt_ids, jobs, *, max_new_tokens, temperature, top_p, stop, keys, eos,
+                  adapters=None):
+    """Decode one batch of (prompt_index, sample_index) jobs; returns {job: (ids, finished)}.
+    keys[i]: prompt i's seed key; adapters[i]: the LoRA adapter answering prompt i (or None)."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -88,15 +96,19 @@ def _decode_batch(model, tokenizer, prompt_ids, jobs, *, max_new_tokens, tempera
     ids, attn = ids.to(device), attn.to(device)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
+
+    def mixed(indices):  # peft's mixed-adapter batch: one adapter name per row
+        return {} if adapters is None else {"adapter_names": [adapters[i] for i in indices]}
+
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=1, **mixed(unique))
     # One prefill per distinct prompt; fan the cache out to its samples.
     select = torch.tensor([row_of[i] for i, _ in jobs], device=device)
     cache.batch_select_indices(select)
     logits = out.logits[select, -1, :]  # (B, V)
     attn = attn[select]
     next_pos = pos[select, -1] + 1  # (B,)
-    gens = [torch.Generator().manual_seed(seed_from(seed, i, j)) for i, j in jobs]
+    gens = [torch.Generator().manual_seed(seed_from(*keys[i], j)) for i, j in jobs]
     alive = list(range(len(jobs)))  # job indices still decoding, aligned with batch rows
     tokens: list[list[int]] = [[] for _ in jobs]
     finished = [False] * len(jobs)
@@ -124,7 +136,7 @@ def _decode_batch(model, tokenizer, prompt_ids, jobs, *, max_new_tokens, tempera
             alive = [alive[r] for r in keep]
         attn = torch.cat([attn, attn.new_ones((len(alive), 1))], dim=-1)
         out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
+                    past_key_values=cache, use_cache=True, **mixed([jobs[a][0] for a in alive]))
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     return {job: (tokens[a], finished[a]) for a, job in enumerate(jobs)}
@@ -150,14 +162,23 @@ def generate(
     backend: str = "hf",
     progress: bool = True,
     desc: str = "generate",
+    keys: Sequence[tuple[int, ...]] | None = None,
+    adapters: Sequence[str] | None = None,
 ) -> list[list[Sample]]:
     """n completions for each prompt (chat message lists, strings or token ids).
 
     temperature 0 is greedy decoding. Returns one list of n Samples per prompt, in order.
+    Sample j of prompt i draws from seed_from(*keys[i], j); keys default to (seed, i), so a
+    prompt's samples depend on its key only. adapters: per prompt, the name of the LoRA adapter
+    of a peft model that answers it ("__base__": none); None uses the model as it is.
     """
+    keys = [(seed, i) for i in range(len(prompts))] if keys is None else [tuple(k) for k in keys]
+    if len(keys) != len(prompts) or (adapters is not None and len(adapters) != len(prompts)):
+        raise ValueError(f"{len(prompts)} prompts need as many keys and adapters, got {len(keys)} and "
+                         f"{None if adapters is None else len(adapters)}")
     if backend == "vllm":
         return _generate_vllm(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
-                              temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+                              temperature=temperature, top_p=top_p, stop=stop, keys=keys, adapters=adapters)
     if backend != "hf":
         raise ValueError(f"unknown generation backend {backend!r} (hf | vllm)")
     prompt_ids = encode_prompts(tokenizer, prompts)
@@ -174,7 +195,8 @@ def generate(
         for b in range(0, len(jobs), batch_size):
             chunk = jobs[b : b + batch_size]
             done = _decode_batch(model, tokenizer, prompt_ids, chunk, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, top_p=top_p, stop=tuple(stop), seed=seed, eos=eos)
+                                 temperature=temperature, top_p=top_p, stop=tuple(stop), keys=keys, eos=eos,
+                                 adapters=adapters)
             results.update(done)
             new_tokens += sum(len(t) for t, _ in done.values())
             bar.update(len(chunk))
@@ -191,20 +213,80 @@ def generate(
     return out
 
 
-def _generate_vllm(llm, tokenizer, prompts, *, n, max_new_tokens, temperature, top_p, stop, seed):
-    """vLLM backend: `llm` is a vllm.LLM; one request per prompt with n samples and its own seed.
+# --- vLLM (generation.backend: vllm) ----------------------------------------------------------
+# vLLM pins its own torch, so it lives in its own environment (the `gpu` extra; README). One
+# vllm.LLM per base model serves the policies' LoRA adapters per request: the adapters are saved
+# (megabytes) before every call, and when the base itself changes (a promotion merges a student
+# into it) the engine is rebuilt from the merged weights. Not run by the CPU test suite (vLLM
+# needs a GPU); tests/test_sampling.py checks this plumbing against a stand-in `vllm` module.
 
-    Not exercised by the CPU test suite (vLLM needs a GPU and its own torch; see README).
-    """
+VLLM_GPU_MEMORY = float(os.environ.get("SOAR_VLLM_GPU_MEMORY", "0.3"))  # per engine: teacher and student each have one
+_ENGINES: dict[int, "_VLLMEngine"] = {}
+
+
+class _VLLMEngine:
+    def __init__(self, model, tokenizer):
+        self.version = getattr(model, "base_version", 0)
+        self.dir = Path(tempfile.mkdtemp(prefix="soar-vllm-"))
+        self.calls = 0
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # the base weights as they are now, without the adapters (peft names them base_layer)
+        clean = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
+        base.save_pretrained(self.dir / "base", state_dict=clean)
+        tokenizer.save_pretrained(self.dir / "base")
+        rank = max((c.r for c in getattr(model, "peft_config", {}).values()), default=0)
+        from vllm import LLM  # noqa: PLC0415  (optional extra, imported here only)
+
+        self.llm = LLM(model=str(self.dir / "base"), enable_lora=rank > 0,
+                       max_lora_rank=max(8, 1 << (rank - 1).bit_length()),  # vLLM takes powers of two
+                       max_loras=max(1, len(getattr(model, "peft_config", {}))),
+                       gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0)
+
+    def lora_requests(self, model, names):
+        """A LoRARequest per adapter name, from the adapter's weights saved now (a new id each
+        call: the weights changed since the last one)."""
+        from vllm.lora.request import LoRARequest  # noqa: PLC0415
+
+        self.calls += 1
+        out = {}
+        for k, name in enumerate(sorted(set(names))):
+            path = self.dir / f"call{self.calls}"
+            model.save_pretrained(path, selected_adapters=[name])
+            path = path if name == "default" else path / name  # peft saves other adapters in subfolders
+            out[name] = LoRARequest(f"{name}-{self.calls}", self.calls * 1000 + k + 1, str(path))
+        shutil.rmtree(self.dir / f"call{self.calls - 1}", ignore_errors=True)  # vLLM has loaded it
+        return out
+
+    def close(self):
+        del self.llm
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _generate_vllm(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_p, stop, keys, adapters):
+    """generate() on vLLM: one request per prompt with n samples and its own seed (its key), the
+    LoRA adapter that answers it (the active one, or `adapters[i]`; none inside
+    Policy.reference()), on an engine holding the model's current base weights."""
     from vllm import SamplingParams  # noqa: PLC0415  (optional extra, imported here only)
+    from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
+    if not hasattr(model, "peft_config"):
+        raise ValueError("generation.backend: vllm serves LoRA adapters; full fine-tuning (adapter: full) would "
+                         "need the trained weights synced into the engine after every update, which is not built")
+    engine = _ENGINES.get(id(model))
+    if engine is not None and engine.version != getattr(model, "base_version", 0):
+        engine.close()  # a promotion changed the base
+        engine = None
+    if engine is None:
+        engine = _ENGINES[id(model)] = _VLLMEngine(model, tokenizer)
+    disabled = any(getattr(m, "disable_adapters", False) for m in model.modules() if hasattr(m, "lora_A"))
+    names = None if disabled else list(adapters) if adapters is not None else [model.active_adapter] * len(prompts)
+    requests = engine.lora_requests(model, [x for x in names if x != "__base__"]) if names else {}
     prompt_ids = encode_prompts(tokenizer, prompts)
-    params = [
-        SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                       stop=list(stop) or None, include_stop_str_in_output=True, seed=seed_from(seed, i))
-        for i in range(len(prompts))
-    ]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params)
+    params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                             stop=list(stop) or None, include_stop_str_in_output=True, seed=seed_from(*keys[i]) % 2**32)
+              for i in range(len(prompts))]
+    outs = engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False,
+                               lora_request=[requests.get(x) for x in names] if names else None)
     return [
         [Sample(i, j, tuple(prompt_ids[i]), tuple(c.token_ids), c.text, c.finish_reason == "stop")
          for j, c in enumerate(o.outputs)]

@@ -3,11 +3,13 @@
 `evaluate_student` samples answers and counts verified ones per problem; the fail@k filter, the
 teacher's grounded reward (greedy accuracy on Q_R) and pass@k evaluation all use it, with the
 same student prompt. `train_student` is the inner loop: a fresh copy of the baseline student
-trained with RLOO on one teacher dataset.
+trained with RLOO on one teacher dataset. `train_students` runs several inner loops at once on
+one base (batched students: one LoRA adapter each, their answers sampled in one batch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,15 +64,17 @@ def grade_samples(samples: Sequence[Sequence[Sample]], problems: Sequence[Proble
 def evaluate_student(model, tokenizer, problems: Sequence[Problem], *, n_samples: int, grader,
                      max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                      batch_size: int = 32, backend: str = "hf", progress: bool = True,
-                     desc: str = "evaluate") -> Evaluation:
+                     desc: str = "evaluate", adapters=None) -> Evaluation:
     """Sample n answers per problem with the student prompt and count the verified ones.
 
-    temperature 0 gives greedy decoding (then n_samples should be 1).
+    temperature 0 gives greedy decoding (then n_samples should be 1). adapters: per problem, the
+    LoRA adapter that answers it (batched students; soar.sampling.generate).
     """
     problems = list(problems)
     samples = generate(model, tokenizer, [prompts.student_messages(p.problem) for p in problems],
                        n=n_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                       seed=seed, batch_size=batch_size, backend=backend, progress=progress, desc=desc)
+                       seed=seed, batch_size=batch_size, backend=backend, progress=progress, desc=desc,
+                       adapters=adapters)
     return Evaluation(problems, samples, grade_samples(samples, problems, grader))
 
 
@@ -117,6 +121,13 @@ def rl_step(policy, optimizer, scheduler, questions: Sequence[Problem], cfg, *, 
                        n=samples_per_question, max_new_tokens=max_new_tokens, temperature=cfg.temperature,
                        top_p=generation.top_p, seed=seed, batch_size=generation.batch_size,
                        backend=generation.backend, progress=progress, desc=desc)
+    return reinforce(policy, optimizer, scheduler, questions, samples, cfg, grader=grader)
+
+
+def reinforce(policy, optimizer, scheduler, questions: Sequence[Problem], samples: list[list[Sample]], cfg, *,
+              grader) -> dict:
+    """Steps 2-4 of an RLOO step, on G sampled answers per question (samples[q])."""
+    samples_per_question = len(samples[0])
     # 2. shaped reward against the question's answer, 3. leave-one-out advantages per question
     flat = grading.student_rewards([s.text for row in samples for s in row],
                                    [q.answers or q.answer for q, row in zip(questions, samples) for _ in row],
@@ -148,3 +159,43 @@ def train_student(policy, dataset: Sequence[Problem], cfg, *, steps: int, seed: 
                         desc=f"student step {step}")
         history.append({"step": step, **stats})
     return StudentRun(policy.state(), history)
+
+
+@contextlib.contextmanager
+def train_students(policy, datasets: Sequence[Sequence[Problem]], cfg, *, steps: int, seeds: Sequence[int], grader,
+                   generation):
+    """Batched students: train_student for every (datasets[k], seeds[k]) at once on one base.
+    Each student is its own LoRA adapter (policy.students); every RLOO step samples all their
+    answers in one mixed-adapter batch, then updates each student with its own AdamW. Student k
+    draws the samples train_student would draw (same seed keys), so its result is
+    train_student's up to float round-off from the larger batch.
+
+    A context manager: yields (adapter names, [StudentRun]); the trained students stay on the
+    base until the block ends, to be evaluated together (generate's `adapters`).
+    cfg: StudentConfig; generation: GenerationConfig."""
+    per_step = cfg.questions_per_step
+    plans = [question_schedule(len(d), steps, per_step, s) for d, s in zip(datasets, seeds)]
+    with policy.students([seed_from(s, 0) for s in seeds]) as names:
+        optimizers = []
+        for name in names:
+            with policy.training(name):
+                optimizers.append(make_optimizer(policy, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=steps))
+        histories: list[list[dict]] = [[] for _ in names]
+        for step in range(steps):
+            batches = [[d[i] for i in plan[step]] for d, plan in zip(datasets, plans)]
+            samples = generate(policy.model, policy.tokenizer,
+                               [prompts.student_messages(q.problem) for batch in batches for q in batch],
+                               n=cfg.samples_per_question, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_p=generation.top_p, batch_size=generation.batch_size,
+                               backend=generation.backend, progress=False,
+                               keys=[(seed_from(s, 1, step), i) for s, batch in zip(seeds, batches)
+                                     for i in range(len(batch))],
+                               adapters=[name for name, batch in zip(names, batches) for _ in batch])
+            start = 0
+            for k, (name, batch) in enumerate(zip(names, batches)):
+                with policy.training(name):
+                    stats = reinforce(policy, *optimizers[k], batch, samples[start : start + len(batch)], cfg,
+                                      grader=grader)
+                histories[k].append({"step": step, **stats})
+                start += len(batch)
+        yield names, [StudentRun(policy.student_state(name), history) for name, history in zip(names, histories)]

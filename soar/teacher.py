@@ -28,7 +28,7 @@ from soar.metrics import lexical_diversity
 from soar.parallel import InProcess, Worker
 from soar.policy import make_optimizer, update
 from soar.sampling import encode_prompts, generate
-from soar.student import evaluate_student, train_student
+from soar.student import evaluate_student, train_student, train_students
 
 
 def reward_pool(cfg) -> list[Problem]:
@@ -115,14 +115,23 @@ def q_r_score(model, tokenizer, q_r: list[Problem], cfg, *, grader) -> float:
     """The student's greedy score on Q_R: accuracy (paper), or the mean shaped student reward
     when soar.reward_metric is "shaped" (tiny profile: a 135M student is never right on its
     hard split, so accuracy gains are identically zero; README, 'Tiny profile')."""
-    ev = evaluate_student(model, tokenizer, q_r, n_samples=1, grader=grader, max_new_tokens=cfg.student.max_new_tokens,
-                          temperature=0.0, batch_size=cfg.generation.batch_size, backend=cfg.generation.backend,
-                          progress=False)
+    return q_r_scores(model, tokenizer, q_r, cfg, grader=grader)[0]
+
+
+def q_r_scores(model, tokenizer, q_r: list[Problem], cfg, *, grader, adapters=(None,)) -> list[float]:
+    """q_r_score of each adapter's student on one base (None: the model as it is), every greedy
+    answer in one batch (batched students)."""
+    mixed = list(adapters) != [None]
+    ev = evaluate_student(model, tokenizer, q_r * len(adapters), n_samples=1, grader=grader,
+                          max_new_tokens=cfg.student.max_new_tokens, temperature=0.0,
+                          batch_size=cfg.generation.batch_size, backend=cfg.generation.backend, progress=False,
+                          adapters=[a for a in adapters for _ in q_r] if mixed else None)
     if cfg.soar.reward_metric == "accuracy":
-        return ev.accuracy
-    rewards = grading.student_rewards([row[0].text for row in ev.samples], [p.answers or p.answer for p in q_r],
-                                      grader=grader, multiple=[p.multiple for p in q_r])
-    return sum(rewards) / len(rewards)
+        scores = [float(c[0]) for c in ev.correct]
+    else:
+        scores = grading.student_rewards([row[0].text for row in ev.samples], [p.answers or p.answer for p in ev.problems],
+                                         grader=grader, multiple=[p.multiple for p in ev.problems])
+    return [sum(scores[k : k + len(q_r)]) / len(q_r) for k in range(0, len(scores), len(q_r))]
 
 
 def teacher_reward(student, dataset: Dataset, q_r: list[Problem], baseline_score: float, cfg, *, r: int,
@@ -140,9 +149,14 @@ def teacher_reward(student, dataset: Dataset, q_r: list[Problem], baseline_score
         gains.append(q_r_score(student.model, student.tokenizer, q_r, cfg, grader=grader) - baseline_score)
         eval_s += time.perf_counter() - clock
         states.append(run.state)
+    return _reward(gains, states, train_s, eval_s)
+
+
+def _reward(gains: list[float], states: list[dict], train_s: float, eval_s: float) -> dict:
+    """teacher_reward's result from its r students' gains and trained states."""
     median = median_index(gains)
-    return {"reward": sum(gains) / r, "gains": gains, "median_state": states[median], "median_gain": gains[median],
-            "train_s": train_s, "eval_s": eval_s}
+    return {"reward": sum(gains) / len(gains), "gains": gains, "median_state": states[median],
+            "median_gain": gains[median], "train_s": train_s, "eval_s": eval_s}
 
 
 @dataclass(frozen=True)
@@ -160,6 +174,36 @@ def inner_loop(worker: Worker, job: InnerJob) -> dict:
     """`teacher_reward` of one dataset on an executor's worker (soar.parallel)."""
     return teacher_reward(worker.student, Dataset(job.problems, []), job.q_r, job.baseline_score, worker.cfg,
                           r=worker.cfg.soar.r, extra_steps=job.extra_steps, seed=job.seed, grader=worker.grader)
+
+
+def inner_loops(worker: Worker, jobs: list[InnerJob]) -> list[dict]:
+    """`inner_loop` of several datasets on one worker: their students one after another, or
+    parallel.batch_students of them at once on the worker's base (soar.student.train_students;
+    the same results up to float round-off, in less time where a larger batch is cheaper)."""
+    cfg, size = worker.cfg, worker.cfg.parallel.batch_students
+    if size <= 1 or not jobs:
+        return [inner_loop(worker, job) for job in jobs]
+    q_r, steps = jobs[0].q_r, cfg.student.steps + jobs[0].extra_steps
+    if any(job.q_r != q_r or job.extra_steps != jobs[0].extra_steps for job in jobs):
+        raise ValueError("batched students need the same Q_R and step count for every dataset of a teacher step")
+    students = [(k, j) for k in range(len(jobs)) for j in range(cfg.soar.r)]  # r students per dataset
+    gains, states, train_s, eval_s = {}, {}, 0.0, 0.0
+    for start in range(0, len(students), size):
+        chunk = students[start : start + size]
+        clock = time.perf_counter()
+        with train_students(worker.student, [jobs[k].problems for k, _ in chunk], cfg.student, steps=steps,
+                            seeds=[seed_from(jobs[k].seed, j) for k, j in chunk], grader=worker.grader,
+                            generation=cfg.generation) as (names, runs):
+            train_s += time.perf_counter() - clock
+            clock = time.perf_counter()
+            scores = q_r_scores(worker.student.model, worker.student.tokenizer, q_r, cfg, grader=worker.grader,
+                                adapters=names)
+            eval_s += time.perf_counter() - clock
+        for (k, j), score, run in zip(chunk, scores, runs):
+            gains[k, j], states[k, j] = score - jobs[k].baseline_score, run.state
+    r = range(cfg.soar.r)  # the worker's time, shared evenly by its datasets
+    return [_reward([gains[k, j] for j in r], [states[k, j] for j in r], train_s / len(jobs), eval_s / len(jobs))
+            for k in range(len(jobs))]
 
 
 def median_index(values: list[float]) -> int:
@@ -251,8 +295,10 @@ class SoarRun:
         # 3. inner loops: r students per dataset, rewarded on Q_R
         extra = cfg.student.extra_steps_after_promotion if self.state.promotions else 0
         jobs = [InnerJob(X.problems, q_r, baseline_score, extra, seed_from(seed, 2, k)) for k, X in enumerate(datasets)]
-        results = self.executor.map(inner_loop, jobs, local=Worker(self.student, self.grader, cfg),
-                                    promotions=self.state.promotions)
+        size = -(-len(jobs) // self.executor.slots)  # one contiguous share of the datasets per worker
+        shares = self.executor.map(inner_loops, [jobs[i : i + size] for i in range(0, len(jobs), size)],
+                                   local=Worker(self.student, self.grader, cfg), promotions=self.state.promotions)
+        results = [res for share in shares for res in share]
         grounded = [res["reward"] for res in results]
         clock = time.perf_counter()
         if sc.reward == "intrinsic":

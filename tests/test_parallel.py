@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_teacher import _comparable, _run  # one way to build a toy SoarRun (pytest puts tests/ on sys.path)
+from conftest import build_run, comparable, toy_cfg  # pytest puts tests/ on sys.path
 
 from soar import config, grading, parallel
 
@@ -28,7 +28,7 @@ def test_make_executor_reads_the_parallel_section():
 
 
 @pytest.mark.slow
-def test_ray_actors_match_in_process_and_leave_no_files(tmp_path, monkeypatch):
+def test_ray_actors_match_in_process_and_leave_no_files(tmp_path, monkeypatch, reference_run):
     if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its token at import
         pytest.skip("ray is not installed")
     home = tmp_path / "home"
@@ -38,26 +38,22 @@ def test_ray_actors_match_in_process_and_leave_no_files(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp))  # its session files: /tmp/ray unless told otherwise
     for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(key, raising=False)
-    # tau below any reward: step 0 promotes, so the actors must replay that promotion at step 1
-    cfg = config.load(ROOT / "params.yaml", {"profile": "smoke", "soar": {"tau": -1.0, "window": 1}})
+    # resumed after the reference run's step 0, which promoted: the actors must replay that promotion
+    shutil.copy(reference_run.step0, tmp_path / "b.pt")
     try:
         with grading.Grader(workers=1) as grader:
-            local = _run(cfg, tmp_path / "a.pt", grader, executor=parallel.InProcess())
-            local.meta_step()
-            local.save()
-            assert len(local.state.promotions) == 1
-            shutil.copy(tmp_path / "a.pt", tmp_path / "b.pt")
             ray_ex = parallel.RayExecutor(2)
             try:
-                remote = _run(cfg, tmp_path / "b.pt", grader, executor=ray_ex)  # resumed after the promotion
-                row_b, samples_b = remote.meta_step()
+                remote = build_run(toy_cfg(), tmp_path / "b.pt", grader, executor=ray_ex)
+                assert remote.state.step == 1 and len(remote.state.promotions) == 1
+                row, samples = remote.meta_step()
                 assert len(ray_ex.actors) == 2
             finally:
                 ray_ex.close()
-            row_a, samples_a = local.meta_step()
-        assert _comparable(row_a) == _comparable(row_b)
-        assert samples_a == samples_b  # questions, answers, rewards, every student's gain
-        a, b = local.teacher.state(), remote.teacher.state()
+        ref_row, ref_samples = reference_run.steps[1]
+        assert comparable(row) == comparable(ref_row)
+        assert samples == ref_samples  # questions, answers, rewards, every student's gain
+        a, b = reference_run.teacher, remote.teacher.state()
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert list(home.iterdir()) == [] and list(tmp.iterdir()) == [], "Ray left files behind"
         assert "RAY_AUTH_TOKEN" not in os.environ

@@ -1,5 +1,8 @@
 """Generation with the real embedded model at toy sizes: seeds, batching, stops, greedy."""
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from soar.prompts import student_messages
@@ -60,3 +63,86 @@ def test_top_p_small_is_greedy(smol):
     greedy = generate(model, tok, PROMPTS[:1], n=1, max_new_tokens=8, temperature=0.0, progress=False)
     nucleus = generate(model, tok, PROMPTS[:1], n=2, max_new_tokens=8, temperature=1.0, top_p=1e-6, progress=False)
     assert all(s.completion_ids == greedy[0][0].completion_ids for s in nucleus[0])
+
+
+# --- generation.backend: vllm, against a stand-in `vllm` module --------------------------------
+# vLLM needs a GPU and its own torch, so it cannot run here: a stand-in records what the backend
+# asks of it (engine, LoRA requests, seeds), and the saved files it would load are checked.
+
+def test_vllm_backend_serves_the_adapters_and_rebuilds_after_a_promotion(monkeypatch, tmp_path):
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from soar import sampling
+    from soar.data import seed_from
+    from soar.models import load_model
+    from soar.policy import Policy
+
+    engines = []
+
+    class LLM:
+        def __init__(self, model, **kw):
+            self.dir, self.kw, self.calls = model, kw, []
+            self.weights = load_file(f"{model}/model.safetensors")  # what vLLM would load
+            engines.append(self)
+
+        def generate(self, prompts, params, use_tqdm, lora_request):
+            adapters = [None if r is None else load_file(f"{r.lora_path}/adapter_model.safetensors")
+                        for r in lora_request or []]
+            self.calls.append(SimpleNamespace(prompts=prompts, params=params, requests=lora_request, adapters=adapters))
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[7, 8], text="x", finish_reason="stop")] * p.n)
+                    for p in params]
+
+    vllm = ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, lambda **kw: SimpleNamespace(**kw)
+    inputs, lora, request = ModuleType("vllm.inputs"), ModuleType("vllm.lora"), ModuleType("vllm.lora.request")
+    inputs.TokensPrompt = lambda prompt_token_ids: prompt_token_ids
+    request.LoRARequest = lambda name, lora_id, path: SimpleNamespace(name=name, id=lora_id, lora_path=path)
+    for name, module in (("vllm", vllm), ("vllm.inputs", inputs), ("vllm.lora", lora), ("vllm.lora.request", request)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(sampling, "_ENGINES", {})
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+
+    model, tok = load_model("smollm2-135m-instruct", device="cpu")
+    policy = Policy(model, tok, adapter="lora", lora_r=4, lora_alpha=8)
+    q_base = policy.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01)  # a trained adapter
+    out = generate(policy.model, tok, PROMPTS, n=2, seed=3, backend="vllm")
+    assert [[s.completion_ids for s in row] for row in out] == [[(7, 8)] * 2] * 2
+    engine = engines[0]
+    assert engine.kw["enable_lora"] and engine.kw["max_lora_rank"] >= 4
+    assert torch.equal(engine.weights["model.layers.0.self_attn.q_proj.weight"], q_base)  # the base, no LoRA keys
+    assert not any("lora" in k for k in engine.weights)
+    call = engine.calls[0]
+    assert call.prompts == encode_prompts(tok, PROMPTS)
+    assert [p.seed for p in call.params] == [seed_from(3, i) % 2**32 for i in range(2)]
+    key = next(k for k in call.adapters[0] if "q_proj.lora_B" in k)
+    state = policy.state()
+    assert torch.equal(call.adapters[0][key], state[next(k for k in state if "layers.0.self_attn.q_proj.lora_B" in k)])
+
+    with policy.reference() as base:  # the baseline student: no adapter
+        generate(base, tok, PROMPTS, n=1, backend="vllm")
+    assert engine.calls[1].requests is None
+
+    with policy.students([1, 2]) as names:  # batched students: one adapter per prompt
+        generate(policy.model, tok, PROMPTS, n=1, backend="vllm", adapters=names)
+        requests = engine.calls[2].requests
+        assert len({r.id for r in requests}) == 2 and all(names[k] in r.lora_path for k, r in enumerate(requests))
+
+    policy.merge(state)  # a promotion changes the base: a new engine holds the merged weights
+    generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
+    assert len(engines) == 2 and not Path(engine.dir).exists()
+    assert torch.equal(engines[1].weights["model.layers.0.self_attn.q_proj.weight"], q_base)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(engines[1].weights[q], engine.weights[q])
+
+    full = Policy(*load_model("smollm2-135m-instruct", device="cpu"), adapter="full")
+    with pytest.raises(ValueError, match="full fine-tuning"):
+        generate(full.model, tok, PROMPTS, n=1, backend="vllm")
+    for e in sampling._ENGINES.values():
+        e.close()

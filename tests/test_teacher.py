@@ -1,18 +1,18 @@
 """The teacher and the outer loop: the promotion rule as tables, rejection sampling with scripted
 outputs, and whole outer steps with the real embedded model at toy sizes (seeded and resumed)."""
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from conftest import base_weights, build_run, comparable, toy_cfg  # pytest puts tests/ on sys.path
+
 from soar import config, grading
-from soar.data import load_benchmark
-from soar.models import load_model
-from soar.policy import Policy
 from soar.sampling import Sample
-from soar.teacher import SoarRun, best_index, median_index, promotion_due, propose_datasets, sample_questions
+from soar.teacher import best_index, median_index, promotion_due, propose_datasets, sample_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,77 +112,72 @@ def test_rejection_sampling_gives_up_with_the_reasons(monkeypatch, grader, smol)
         propose_datasets(teacher, 2, 2, cfg, config.GenerationConfig(batch_size=4), seed=0, grader=grader)
 
 
-# --- whole outer steps with the real model ------------------------------------------------------
+# --- inner loops and whole outer steps with the real model ---------------------------------------
 
-def _toy_cfg(**soar):
-    """Smoke sizes; tau below any reward so every step promotes (exercises promotion replay)."""
-    return config.load(ROOT / "params.yaml", {"profile": "smoke", "soar": {"tau": -1.0, "window": 1, **soar}})
+def test_batched_students_give_the_inner_loops_of_one_after_another(grader):
+    """parallel.batch_students 3 over 2 datasets x r = 2 students (a batch of 3, then 1): the same
+    gains, rewards and promotion candidates as training the 4 students one after another."""
+    from soar.data import load_benchmark
+    from soar.parallel import Worker
+    from soar.policy import load_policy
+    from soar.teacher import InnerJob, inner_loops
+
+    over = {"profile": "smoke", "soar": {"r": 2}, "student": {"questions_per_step": 1, "max_new_tokens": 8}}
+    alone_cfg = config.load(ROOT / "params.yaml", over)
+    batched_cfg = config.load(ROOT / "params.yaml", {**over, "parallel": {"batch_students": 3}})
+    student = load_policy(alone_cfg.model, alone_cfg.student)
+    problems = load_benchmark("gsm8k_test", limit=4, seed=0)
+    jobs = [InnerJob(problems[:2], problems[2:], 0.1, 0, seed) for seed in (5, 6)]
+    alone = inner_loops(Worker(student, grader, alone_cfg), jobs)
+    together = inner_loops(Worker(student, grader, batched_cfg), jobs)
+    assert [a["gains"] for a in alone] == [b["gains"] for b in together]
+    assert [a["reward"] for a in alone] == [b["reward"] for b in together]
+    for a, b in zip(alone, together):
+        assert all(torch.allclose(a["median_state"][k], b["median_state"][k], atol=1e-6) for k in a["median_state"])
+
 
 
 class ReversedOrder:
     """An executor that runs the inner loops last-first: results must not depend on the order."""
 
+    slots = 2  # the toy run's two datasets: one share each
+
     def map(self, fn, jobs, *, local, promotions=()):
         return list(reversed([fn(local, job) for job in reversed(list(jobs))]))
 
 
-def _run(cfg, checkpoint, grader, executor=None):
-    d_train = load_benchmark("gsm8k_test", limit=4, seed=0)
-    policies = [Policy(*load_model(cfg.model.name, device="cpu"), adapter=role.adapter, lora_r=role.lora_r,
-                       lora_alpha=role.lora_alpha) for role in (cfg.teacher, cfg.student)]
-    return SoarRun(*policies, d_train, cfg, grader=grader, checkpoint=checkpoint, fingerprint=config.fingerprint(cfg),
-                   executor=executor)
-
-
-def _comparable(row):
-    return {k: v for k, v in row.items() if not k.startswith("time/")}
-
-
-def _base_weights(policy):
-    with policy.reference() as ref:
-        return {k: v.clone() for k, v in ref.state_dict().items() if "lora_" not in k}
-
-
 @pytest.mark.slow
-def test_resumed_run_equals_uninterrupted_and_same_seed_repeats_on_any_executor(tmp_path, grader):
-    cfg = _toy_cfg()
-    whole = _run(cfg, tmp_path / "a.pt", grader)
-    rows_a = [whole.meta_step() for _ in range(2)]
-    assert all(r["promotion"] for r, _ in rows_a) and whole.state.promotions[0]["step"] == 0
-
-    first = _run(cfg, tmp_path / "b.pt", grader, executor=ReversedOrder())
-    row_b0 = first.meta_step()
-    assert _comparable(row_b0[0]) == _comparable(rows_a[0][0]), "same seed (and another executor), same step"
-    assert row_b0[1] == rows_a[0][1]
-    first.save()
-    del first
-    resumed = _run(cfg, tmp_path / "b.pt", grader)  # a new process would see exactly this
+def test_resumed_run_equals_uninterrupted_and_same_seed_repeats_on_any_executor(tmp_path, grader, reference_run):
+    """Resume the reference run's step-0 checkpoint in a new SoarRun (as a new process would) whose
+    executor runs the inner loops last-first: step 1 is the uninterrupted step 1."""
+    shutil.copy(reference_run.step0, tmp_path / "b.pt")
+    resumed = build_run(toy_cfg(), tmp_path / "b.pt", grader, executor=ReversedOrder())
     assert resumed.state.step == 1 and len(resumed.state.promotions) == 1
-    row_b1 = resumed.meta_step()
-    assert _comparable(row_b1[0]) == _comparable(rows_a[1][0])
-    assert row_b1[1] == rows_a[1][1]  # the datasets, their questions, answers and rewards
-    for a, b in ((whole.teacher.state(), resumed.teacher.state()),
-                 (_base_weights(whole.student), _base_weights(resumed.student))):
+    row, samples = resumed.meta_step()
+    ref_row, ref_samples = reference_run.steps[1]
+    assert comparable(row) == comparable(ref_row)
+    assert samples == ref_samples  # the datasets, their questions, answers, rewards and gains
+    for a, b in ((reference_run.teacher, resumed.teacher.state()), (reference_run.student, base_weights(resumed.student))):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.promotion_questions() == whole.promotion_questions()
+    assert resumed.promotion_questions() == reference_run.pq
 
 
 @pytest.mark.slow
 def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, grader):
-    cfg = _toy_cfg()
-    run = _run(cfg, tmp_path / "c.pt", grader)
+    cfg = toy_cfg()
+    run = build_run(cfg, tmp_path / "c.pt", grader)
     run.state.step = 1
     run.save()
-    assert _run(cfg, tmp_path / "c.pt", grader).state.step == 1
-    other = _toy_cfg(tau=0.5)
-    assert _run(other, tmp_path / "c.pt", grader).state.step == 0
+    assert build_run(cfg, tmp_path / "c.pt", grader).state.step == 1
+    other = toy_cfg(tau=0.5)
+    assert build_run(other, tmp_path / "c.pt", grader).state.step == 0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["intrinsic", "base_teacher", "no_promotion"])
 def test_variants_run_one_outer_step(tmp_path, grader, variant):
     cfg = config.load(ROOT / "params.yaml", {"profile": "smoke", "soar": {"tau": -1.0, "window": 1}}, variant=variant)
-    run = _run(cfg, tmp_path / "v.pt", grader)
+    run = build_run(cfg, tmp_path / "v.pt", grader)
     before = {k: v.clone() for k, v in run.teacher.state().items()}
     row, samples = run.meta_step()
     teacher_moved = any(not torch.equal(before[k], v) for k, v in run.teacher.state().items())
