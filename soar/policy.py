@@ -3,7 +3,8 @@
 Teacher and students are both a `Policy`:
 - `adapter="lora"`: a LoRA adapter on a frozen base; the reference (KL anchor) is the same
   model with the adapter switched off, so many students share one base in memory and a
-  student's whole state is its adapter (megabytes).
+  student's whole state is its adapter (megabytes). `students(seeds)` adds one adapter per
+  student beside the policy's own, for batched students on one base.
 - `adapter="full"`: a full copy of the base is trained (the paper's setting); the base itself is
   the reference.
 `update` is the plumbing around soar.rl: pad prompt+completion pairs, take per-token log-probs

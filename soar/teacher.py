@@ -11,6 +11,9 @@ One outer step (`meta_step`), as in the paper's algorithm box:
   5. moving average of the mean reward; above tau, promote: the baseline becomes the median
      student of the best dataset, whose questions join the Promotion Questions (PQ).
 `SoarRun` owns the state and its atomic checkpoint, so a killed run resumes identically.
+Step 3 is the expensive one: its inner loops go to an executor (soar.parallel), each worker
+training its share of the students one after another or, with parallel.batch_students, several
+at once on one base (`inner_loops`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Executors: Ray actors give the in-process results for the same seeds (real model, local Ray)."""
+"""Executors: a run resumed on Ray actors gives the uninterrupted in-process results for the same
+seeds (real model, local Ray)."""
 
 import importlib.util
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_run, comparable, toy_cfg  # pytest puts tests/ on sys.path
+from conftest import base_weights, build_run, comparable, toy_cfg  # pytest puts tests/ on sys.path
 
 from soar import config, grading, parallel
 
@@ -28,7 +29,7 @@ def test_make_executor_reads_the_parallel_section():
 
 
 @pytest.mark.slow
-def test_ray_actors_match_in_process_and_leave_no_files(tmp_path, monkeypatch, reference_run):
+def test_run_resumed_on_ray_actors_equals_the_uninterrupted_run_and_leaves_no_files(tmp_path, monkeypatch, reference_run):
     if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its token at import
         pytest.skip("ray is not installed")
     home = tmp_path / "home"
@@ -53,8 +54,9 @@ def test_ray_actors_match_in_process_and_leave_no_files(tmp_path, monkeypatch, r
         ref_row, ref_samples = reference_run.steps[1]
         assert comparable(row) == comparable(ref_row)
         assert samples == ref_samples  # questions, answers, rewards, every student's gain
-        a, b = reference_run.teacher, remote.teacher.state()
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        for a, b in ((reference_run.teacher, remote.teacher.state()), (reference_run.student, base_weights(remote.student))):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert remote.promotion_questions() == reference_run.pq  # step 0's replayed, step 1's from an actor
         assert list(home.iterdir()) == [] and list(tmp.iterdir()) == [], "Ray left files behind"
         assert "RAY_AUTH_TOKEN" not in os.environ
     finally:
