@@ -239,7 +239,7 @@ class _VLLMEngine:
 
         self.llm = LLM(model=str(self.dir / "base"), enable_lora=rank > 0,
                        max_lora_rank=max(8, 1 << (rank - 1).bit_length()),  # vLLM takes powers of two
-                       max_loras=max(1, len(getattr(model, "peft_config", {}))),
+                       max_loras=8,  # adapters in one batch (batched students); more are scheduled in turns
                        gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0)
 
     def lora_requests(self, model, names):
