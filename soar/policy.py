@@ -42,14 +42,18 @@ class Policy:
         """Back to the reference: a fresh adapter (seeded init; B = 0, so output = base) or a
         fresh copy of the base."""
         if self.adapter == "lora":
-            torch.manual_seed(seed % 2**32)
-            for module in self.model.modules():
-                if hasattr(module, "reset_lora_parameters") and ADAPTER in getattr(module, "lora_A", {}):
-                    module.reset_lora_parameters(ADAPTER, True)
+            self._init_adapter(ADAPTER, seed)
         else:
             self.model.load_state_dict(self.base.state_dict())
             for p in self.model.parameters():
                 p.requires_grad_(True)
+
+    def _init_adapter(self, name: str, seed: int) -> None:
+        """Seeded LoRA init of adapter `name` (B = 0, so its output is the base's)."""
+        torch.manual_seed(seed % 2**32)
+        for module in self.model.modules():
+            if hasattr(module, "reset_lora_parameters") and name in getattr(module, "lora_A", {}):
+                module.reset_lora_parameters(name, True)
 
     def state(self) -> dict[str, torch.Tensor]:
         """What training changed: the adapter, or every weight under full fine-tuning."""
@@ -67,10 +71,7 @@ class Policy:
         try:
             for name, seed in zip(names, seeds):
                 self.model.add_adapter(name, config)
-                torch.manual_seed(seed % 2**32)  # the same draws, in the same module order, as reset(seed)
-                for module in self.model.modules():
-                    if hasattr(module, "reset_lora_parameters") and name in getattr(module, "lora_A", {}):
-                        module.reset_lora_parameters(name, True)
+                self._init_adapter(name, seed)  # the same draws as reset(seed)
             yield names
         finally:
             self.model.set_adapter(ADAPTER)
