@@ -135,8 +135,10 @@ def paper_vs_ours(metrics: Mapping, *, label: str) -> str:
     """Our pass@k on the first benchmark beside the paper's MATH numbers, at the ks both have."""
     bench = next(iter(metrics["benchmarks"]))
     ks = [k for k in metrics["ks"] if k in (1, 4, 8, 16, 32)]
-    lines = [f"Ours: {label}, `{bench}` hard test. Paper: Llama-3.2-3B-Instruct, MATH fail@128 test "
-             "(PAPER.md). Both in % (pass@k, mean over seeds).", "",
+    some = next(iter(metrics["benchmarks"][bench].values()))
+    lines = [f"Ours: {label}, `{bench}` hard test, {some['problems']} problems x {metrics['n_samples']} samples, "
+             f"{len(some['seeds'])} seeds. Paper: Llama-3.2-3B-Instruct, MATH fail@128 test, 360 problems x 32 "
+             "samples (PAPER.md). Both in % (pass@k, mean over seeds).", "",
              "| Method | " + " | ".join(f"ours @{k} | paper @{k}" for k in ks) + " |",
              "|---" * (1 + 2 * len(ks)) + "|"]
     for m, row in metrics["benchmarks"][bench].items():
@@ -160,8 +162,12 @@ def metrics(records: Mapping[str, Mapping[str, Mapping[int, Sequence[Mapping]]]]
     if max(ks) > n_samples:
         raise ValueError(f"evaluate.ks {ks} has a k above evaluate.n_samples = {n_samples}")
     benches = {b: summarize(runs, ks, n_boot=n_boot, seed=seed) for b, runs in records.items()}
+    # compute spent sampling, summed over the (benchmark, model, seed) jobs, whether this run or an
+    # earlier one made them (each job's records carry its wall time)
+    jobs = [recs for runs in records.values() for by_seed in runs.values() for recs in by_seed.values()]
     return {"ks": ks, "n_samples": n_samples, "n_boot": n_boot, "benchmarks": benches,
-            "oracle_share": {b: oracle_share(t, ks, n_boot=n_boot, seed=seed) for b, t in benches.items()}}
+            "oracle_share": {b: oracle_share(t, ks, n_boot=n_boot, seed=seed) for b, t in benches.items()},
+            "jobs": len(jobs), "wall_s": sum(float(recs[0].get("wall_s", 0.0)) for recs in jobs if recs)}
 
 
 def write_tables(metrics_: Mapping, *, label: str) -> None:

@@ -16,6 +16,7 @@ The checkpoint rule (`select_checkpoint`) is the one for every method.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,7 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
                                                 for s in old["eval_checkpoints"]):
             return old
     synthetic_ids = {q.id for q in synthetic}
+    start = time.perf_counter()
     policy.reset(seed=seed_from(seed, 0))
     optimizer, scheduler = make_optimizer(policy, lr=run["lr"], warmup_steps=run["warmup_steps"],
                                           total_steps=run["steps"])
@@ -190,7 +192,8 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
     chosen = select_checkpoint(rewards, smoothing=rc.smoothing, fraction=rc.slope_fraction)
     result = {"fingerprint": fp, "method": run["method"], "rng_seed": seed, "steps": len(rewards),
               "saved": saved, "chosen_step": chosen, "eval_checkpoints": window_checkpoints(saved, chosen, rc.window),
-              "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1], "run": run}
+              "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1], "run": run,
+              "wall_s": time.perf_counter() - start}
     data.write_json(done, result)  # last, atomically: its presence means the run is complete
     return result
 
@@ -304,7 +307,7 @@ def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[
         if path.exists() and (old := data.read_jsonl(path)) and old[0].get("fingerprint") == fp:
             out.setdefault(bench, {}).setdefault(model, {})[seed] = old
             continue
-        records = []
+        records, start = [], time.perf_counter()
         for ckpt in ckpts:
             policy.reset(seed=0)  # the base (LoRA B = 0), or the promoted base for PS
             if ckpt is not None:
@@ -315,6 +318,8 @@ def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[
                                   batch_size=cfg.generation.batch_size, backend=cfg.generation.backend, progress=False)
             step = None if ckpt is None else int(ckpt.stem.removeprefix("step_"))
             records += [dict(r, checkpoint=step, fingerprint=fp) for r in ev.records()]
+        wall_s = time.perf_counter() - start  # the whole job's, on each of its records
+        records = [dict(r, wall_s=wall_s) for r in records]
         data.write_jsonl(path, records)
         out.setdefault(bench, {}).setdefault(model, {})[seed] = records
     return out

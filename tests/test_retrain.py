@@ -122,6 +122,13 @@ def test_tables_have_a_row_per_method_and_the_paper_column():
         evaluation.metrics({"gsm8k_test": runs}, [8], n_samples=4)
 
 
+def test_metrics_sum_the_wall_time_of_every_evaluation_job():
+    job = lambda counts, s: [dict(r, wall_s=s) for r in _records(counts)]  # noqa: E731  a job's time on each record
+    runs = {"base": {0: job([0, 1], 2.0), 1: job([1, 1], 3.0)}, "oracle": {0: job([4, 0], 5.5), 1: job([0, 0], 0.5)}}
+    m = evaluation.metrics({"gsm8k_test": runs}, [1], n_samples=4, n_boot=10)
+    assert m["jobs"] == 4 and m["wall_s"] == pytest.approx(11.0)
+
+
 def test_evaluation_is_deterministic_for_a_seed(grader):
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     kw = dict(n_samples=2, grader=grader, max_new_tokens=8, batch_size=4, progress=False)
@@ -143,7 +150,7 @@ def test_fresh_student_logs_its_schedule_saves_checkpoints_and_is_not_retrained(
     assert [r["synthetic"] for r in rows] == [1, 0]
     assert rows[0]["ids"][0].startswith("syn") and rows[1]["ids"][0].startswith("hard")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000001.pt", "step_000002.pt"]
-    assert res["chosen_step"] in (1, 2) and res["eval_checkpoints"]
+    assert res["chosen_step"] in (1, 2) and res["eval_checkpoints"] and res["wall_s"] > 0
     mtime = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
     assert retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw) == res  # skipped, not retrained
     assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == mtime
