@@ -56,6 +56,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_inner_loop.py
 	$(BIN)/python benchmarks/bench_batched.py
 	$(BIN)/python benchmarks/bench_ray.py
+	$(BIN)/python benchmarks/project_paper.py
 	$(BIN)/python -m soar.report
 
 clean-venv:

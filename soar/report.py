@@ -153,7 +153,42 @@ def main_table(root: Path) -> str:
     row = next(iter(some.values()))
     lines += ["", f"pass@k in %, mean ± SD over {len(row['seeds'])} seeds; {row['problems']} test problems x "
               f"{m['n_samples']} samples each."]
+    rt = _load(root / paths.RESULTS / "retrain" / "metrics.json")
+    if rt and "wall_s" in rt and "wall_s" in m:
+        lines.append(f"Compute (sums of per-run wall times, {rt['cpus']} CPU cores): retrain {rt['wall_s'] / 60:.0f} min "
+                     f"({len(rt['runs'])} runs) + evaluate {m['wall_s'] / 60:.0f} min ({m['jobs']} model x seed x "
+                     f"benchmark jobs) = **{(rt['wall_s'] + m['wall_s']) / 60:.0f} min**.")
     return "\n".join(lines)
+
+
+def paper_budget(root: Path) -> str:
+    """The paper profile's projected H100-hours (benchmarks/project_paper.py)."""
+    path = paths.BENCHMARKS / "paper_projection.json"
+    b = _load(root / path)
+    if b is None:
+        return _missing(path, "`python benchmarks/project_paper.py`")
+    p, t = b["paper"], b["tiny"]
+    names = {"soar_grounded_run": "one SOAR run (grounded; no-promotion alike)", "soar_intrinsic_run":
+             "one SOAR run (intrinsic)", "retrain": "retrain (every method x pool x seed)", "evaluate": "evaluate",
+             "main_table_total": "**the main table**: 3 seeds x 3 SOAR variants + retrain + evaluate"}
+    rows = [[names[k], f"{w['sampled'] / 1e9:.2f}", f"{w['trained'] / 1e9:.2f}", f"{p['ideal_gpu_hours'][k]:,.0f}",
+             f"{p['gpu_hours'][k][0]:,.0f}–{p['gpu_hours'][k][1]:,.0f}"] for k, w in
+            ((k, p["work"][k]) for k in names)]  # stage order, then the total
+    e, paper = p["efficiency"], p["paper_gpu_hours"]
+    check = ("not checked (the tiny retrain/evaluate have not recorded their times)" if t["recorded_s"] is None else
+             f"predicted {t['predicted_s'] / 60:.0f} min, recorded {t['recorded_s'] / 60:.0f} min "
+             f"({t['predicted_over_recorded']:.2f}x)")
+    return "\n".join([
+        _table(["stage (paper profile)", "tokens sampled (B)", "tokens trained (B)", "H100-hours at the roofline",
+                "projected H100-hours"], rows), "",
+        f"- Projected, not measured ({b['date']}): work counted from `profiles/paper.yaml` ({p['model']}, completions "
+        f"at their token caps, prompts {p['prompt_tokens']:.0f} tokens); {p['hardware']} roofline "
+        f"{p['roofline']['sampled_per_s']:,.0f} sampled and {p['roofline']['trained_per_s']:,.0f} trained tokens/s "
+        f"(decode batch {p['generation_batch']}).",
+        f"- The range scales the roofline by the share of it the paper's own reported costs imply: "
+        f"{e['soar_run']:.0%} from one SOAR run ({paper['soar_run'][0]:,}–{paper['soar_run'][1]:,} GPU-hours) and "
+        f"{e['fresh_student']:.0%} from one fresh student with its evaluation ({paper['fresh_student']} GPU-hours).",
+        f"- Work model check on CPU (tiny retrain + evaluate at throughputs measured in the same run): {check}."])
 
 
 def analysis(root: Path) -> str:
@@ -186,7 +221,7 @@ def analysis(root: Path) -> str:
 
 
 BLOCKS = {"fail_at_k": fail_at_k, "soar": soar_runs, "main_table": main_table, "analysis": analysis,
-          "sweep": sweep, "benchmarks": benchmarks}
+          "sweep": sweep, "benchmarks": benchmarks, "paper_budget": paper_budget}
 
 
 def render(readme: str | Path = "README.md", root: str | Path = ".") -> list[str]:

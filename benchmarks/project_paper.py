@@ -1,0 +1,148 @@
+"""GPU-hours of the paper profile, projected (no GPU has run this project): the work of each
+stage counted from the resolved paper config (`soar.budget`), at H100 roofline throughputs for
+Llama-3.2-3B scaled by one efficiency factor fitted to the paper's own reported cost of a SOAR
+run (PAPER.md, Compute). The paper's second reported cost (a fresh-student run with its
+evaluation) is the check the fit did not see.
+
+The work model itself is checked here on what can be measured: the tiny profile's retrain +
+evaluate time is predicted from its counted work at CPU throughputs measured in this run (one
+RLOO step and one evaluation batch at the stage's shapes), and compared with the wall time the
+pipeline recorded (results/retrain/metrics.json, results/eval/metrics.json).
+Writes results/benchmarks/paper_projection.json.
+    python benchmarks/project_paper.py
+"""
+
+import platform
+import time
+from datetime import date
+
+import torch
+
+from soar import budget, config, data, paths, prompts
+from soar.policy import load_policy, make_optimizer, update
+from soar.retrain import test_sets
+from soar.sampling import encode_prompts, generate
+from soar.teacher import teacher_prompt
+
+# Llama-3.2-3B-Instruct (its config.json): 3.21e9 parameters, 28 layers, 8 KV heads x 128, bf16.
+LLAMA_3B = budget.Shape(params=3.21e9, kv_bytes_per_token=2 * 28 * 8 * 128 * 2)
+H100 = budget.Hardware("H100 SXM", flops=989e12, bandwidth=3.35e12)  # dense BF16 FLOP/s, HBM3 bytes/s
+# PAPER.md: fail@128 test sizes of the paper's pools; one SOAR run 1,500-1,900 GPU-hours;
+# "one fresh-student evaluation: about 12 hours on one 8-GPU node".
+PAPER_TEST = {"math_test": 360, "olympiadbench": 158}
+PAPER_SOAR_GPU_HOURS = (1500, 1900)
+PAPER_FRESH_GPU_HOURS = 12 * 8
+
+
+def mean_prompt_tokens(tokenizer, problems) -> float:
+    ids = encode_prompts(tokenizer, [prompts.student_messages(p.problem) for p in problems])
+    return sum(map(len, ids)) / len(ids)
+
+
+def cpu_rates(cfg) -> dict:
+    """Measured on this machine at the tiny stages' shapes: sampled tokens/s of a retrain RLOO
+    step and of an evaluation batch, trained tokens/s of the RLOO update."""
+    rc, ec, g = cfg.retrain, cfg.evaluate, cfg.generation
+    policy = load_policy(cfg.model, cfg.student)
+    policy.reset(seed=0)
+    hard = data.load_problems(paths.hard_split(cfg.fail_at_k.pools[0], "train"))
+    optimizer, scheduler = make_optimizer(policy, lr=cfg.student.lr, warmup_steps=0, total_steps=2)
+    sampled = trained = gen_s = train_s = 0.0
+    for step in range(2):
+        questions = hard[step * rc.questions_per_step : (step + 1) * rc.questions_per_step]
+        start = time.perf_counter()
+        samples = [s for row in generate(policy.model, policy.tokenizer,
+                                         [prompts.student_messages(q.problem) for q in questions],
+                                         n=rc.samples_per_question, max_new_tokens=rc.max_new_tokens,
+                                         temperature=cfg.student.temperature, seed=step, batch_size=g.batch_size,
+                                         progress=False) for s in row]
+        mid = time.perf_counter()
+        update(policy, optimizer, scheduler, samples, torch.zeros(len(samples)), kl_coef=cfg.student.kl_coef,
+               max_grad_norm=cfg.student.max_grad_norm)
+        gen_s, train_s = gen_s + mid - start, train_s + time.perf_counter() - mid
+        sampled += sum(len(s.completion_ids) for s in samples)
+        trained += sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    _, problems = next(iter(test_sets(cfg).values()))
+    start = time.perf_counter()
+    rows = generate(policy.model, policy.tokenizer, [prompts.student_messages(p.problem) for p in problems],
+                    n=ec.n_samples, max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, seed=0,
+                    batch_size=g.batch_size, progress=False)
+    eval_s = time.perf_counter() - start
+    return {"retrain_sampled_per_s": sampled / gen_s, "trained_per_s": trained / train_s,
+            "evaluate_sampled_per_s": sum(len(s.completion_ids) for r in rows for s in r) / eval_s,
+            "prompt_tokens": mean_prompt_tokens(policy.tokenizer, hard)}
+
+
+def tiny_check(cfg) -> dict:
+    """Predicted vs recorded retrain + evaluate compute of the tiny profile (None if not run)."""
+    rt, ev = (data.read_json(p) if p.exists() else None
+              for p in (paths.stage_dir("retrain") / "metrics.json", paths.RESULTS / "eval" / "metrics.json"))
+    rates = cpu_rates(cfg)
+    tests = {b: len(ps) for b, (_, ps) in test_sets(cfg).items()}
+    predicted = 3600 * (budget.hours(budget.retrain_work(cfg, prompt=rates["prompt_tokens"]),
+                                     sampled_per_s=rates["retrain_sampled_per_s"], trained_per_s=rates["trained_per_s"])
+                        + budget.hours(budget.evaluate_work(cfg, tests), sampled_per_s=rates["evaluate_sampled_per_s"],
+                                       trained_per_s=rates["trained_per_s"]))
+    recorded = rt["wall_s"] + ev["wall_s"] if rt and ev and "wall_s" in rt and "wall_s" in ev else None
+    return {"rates": rates, "predicted_s": predicted, "recorded_s": recorded,
+            "predicted_over_recorded": recorded and predicted / recorded}
+
+
+def paper_projection(cfg, tokenizer) -> dict:
+    """GPU-hours of the paper profile's stages at H100 roofline throughputs scaled by the
+    efficiency that reproduces the paper's reported SOAR-run cost."""
+    rc, ec = cfg.retrain, cfg.evaluate
+    prompt = mean_prompt_tokens(tokenizer, data.load_benchmark("math_test", limit=500, seed=0))
+    teacher = len(teacher_prompt(tokenizer, cfg.teacher.response_prefix, cfg.teacher.one_shot))
+    sampled_per_s, trained_per_s = budget.roofline_rates(
+        LLAMA_3B, H100, batch=cfg.generation.batch_size, context=prompt + rc.max_new_tokens / 2,
+        full=cfg.student.adapter == "full", kl=cfg.student.kl_coef > 0)
+    ideal = lambda w: budget.hours(w, sampled_per_s=sampled_per_s, trained_per_s=trained_per_s)  # noqa: E731
+    tests = PAPER_TEST | {b: len(data.load_benchmark(b)) for b in ec.extra}
+    work = {"soar_grounded_run": budget.soar_work(cfg, prompt=prompt, teacher_prompt=teacher),
+            "soar_intrinsic_run": budget.soar_work(config.load(overrides={"profile": "paper", "soar": {"reward": "intrinsic"}}),
+                                                   prompt=prompt, teacher_prompt=teacher),
+            "retrain": budget.retrain_work(cfg, prompt=prompt),
+            "evaluate": budget.evaluate_work(cfg, tests)}
+    one_fresh = (budget.rl_steps(rc.steps, rc.questions_per_step * rc.samples_per_question, rc.max_new_tokens, prompt)
+                 + budget.Work(PAPER_TEST["math_test"] * ec.n_samples * ec.max_new_tokens
+                               * budget.evaluated_checkpoints(cfg)))
+    # the paper's main table: grounded, no-promotion (the same work) and intrinsic runs x 3 seeds
+    work["main_table_total"] = (work["soar_grounded_run"] * 6 + work["soar_intrinsic_run"] * 3
+                                + work["retrain"] + work["evaluate"])
+    # realized share of the roofline, from each cost the paper reports; the two bound the projection
+    efficiency = {"soar_run": ideal(work["soar_grounded_run"]) / (sum(PAPER_SOAR_GPU_HOURS) / 2),
+                  "fresh_student": ideal(one_fresh) / PAPER_FRESH_GPU_HOURS}
+    lo, hi = max(efficiency.values()), min(efficiency.values())
+    return {
+        "model": cfg.model.name, "hardware": H100.name, "generation_batch": cfg.generation.batch_size,
+        "prompt_tokens": prompt, "teacher_prompt_tokens": teacher, "test_problems": tests,
+        "outer_steps": cfg.soar.outer_steps,
+        "roofline": {"sampled_per_s": sampled_per_s, "trained_per_s": trained_per_s},
+        "paper_gpu_hours": {"soar_run": PAPER_SOAR_GPU_HOURS, "fresh_student": PAPER_FRESH_GPU_HOURS},
+        "efficiency": efficiency,
+        "work": {k: {"sampled": w.sampled, "trained": w.trained} for k, w in work.items()},
+        "ideal_gpu_hours": {k: ideal(w) for k, w in work.items()},
+        "gpu_hours": {k: [ideal(w) / lo, ideal(w) / hi] for k, w in work.items()},
+    }
+
+
+def main() -> None:
+    tiny = config.load()
+    check = tiny_check(tiny)
+    print(f"tiny retrain + evaluate: predicted {check['predicted_s'] / 60:.1f} min, recorded "
+          f"{check['recorded_s'] and round(check['recorded_s'] / 60, 1)} min")
+    paper = paper_projection(config.load(overrides={"profile": "paper"}), load_policy(tiny.model, tiny.student).tokenizer)
+    result = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "device": "cpu", "tiny": check, "paper": paper}
+    out = paths.BENCHMARKS / "paper_projection.json"
+    data.write_json(out, result)
+    h, e = paper["gpu_hours"], paper["efficiency"]
+    span = lambda k: f"{h[k][0]:,.0f}-{h[k][1]:,.0f}"  # noqa: E731
+    print(f"paper profile, projected H100-hours: SOAR run {span('soar_grounded_run')}, retrain {span('retrain')}, "
+          f"evaluate {span('evaluate')}; roofline share {e['soar_run']:.2f} (SOAR run) / {e['fresh_student']:.2f} "
+          f"(fresh student) -> {out}")
+
+
+if __name__ == "__main__":
+    main()
