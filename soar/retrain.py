@@ -153,6 +153,20 @@ def run_fingerprint(run: dict, seed: int, questions: Sequence[Problem]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def weights_digest(states: Sequence[dict[str, torch.Tensor]]) -> str:
+    """Hash of the tensors of some states (adapters or weights), by name and value: what an
+    evaluation is of, so that samples are reused only for the same weights, however made."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for state in states:
+        for name in sorted(state):
+            t = state[name].detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Problem], run: dict, cfg, *,
                         seed: int, out, checkpoints, grader, progress: bool = True) -> dict:
     """Train one fresh student from the base model on the method's schedule; log every step
@@ -289,8 +303,9 @@ def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[
     returns {benchmark: {model: {seed: records}}}."""
     ec, rc, out = cfg.evaluate, cfg.retrain, {}
     settings = {k: v for k, v in config.to_dict(ec).items() if k != "n_boot"} | {"model": cfg.model.name}
-    # what each model is: a fresh student's run fingerprint, or the SOAR run the PS comes from
-    ps_tag = (soar_files("grounded", rc.soar_seed)[0] / "metrics.json").read_text()
+    # what each model is, by its weights: the PS's promotions, a fresh student's checkpoints
+    ps_tag = weights_digest([p["state"] for p in torch.load(soar_files("grounded", rc.soar_seed)[1],
+                                                            weights_only=False).promotions])
     jobs = []
     for bench, (pool, problems) in test_sets(cfg).items():
         for seed in rc.seeds:
@@ -299,7 +314,7 @@ def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[
                 where = paths.retrain_run(pool, m, seed)
                 done = data.read_json(paths.stage_dir("retrain", where) / "metrics.json")
                 ckpts = [paths.run_checkpoint("retrain", where) / f"step_{s:06d}.pt" for s in done["eval_checkpoints"]]
-                jobs.append((bench, problems, m, seed, student, ckpts, done["fingerprint"]))
+                jobs.append((bench, problems, m, seed, student, ckpts, weights_digest([torch.load(c) for c in ckpts])))
     for bench, problems, model, seed, policy, ckpts, tag in tqdm(jobs, desc="evaluate"):
         path = paths.eval_samples(bench, model, seed)
         fp = run_fingerprint({"settings": settings, "model": model, "tag": tag,

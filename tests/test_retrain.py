@@ -154,3 +154,14 @@ def test_fresh_student_logs_its_schedule_saves_checkpoints_and_is_not_retrained(
     mtime = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
     assert retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw) == res  # skipped, not retrained
     assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == mtime
+
+
+def test_weights_digest_follows_the_values_not_the_objects():
+    import torch
+
+    a = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(2, dtype=torch.bfloat16)}
+    same = {k: v.clone() for k, v in reversed(list(a.items()))}
+    assert retrain.weights_digest([a]) == retrain.weights_digest([same])
+    same["w"][0, 0] = 1e-7
+    assert retrain.weights_digest([a]) != retrain.weights_digest([same])
+    assert retrain.weights_digest([a, a]) != retrain.weights_digest([a])  # a window of two checkpoints
