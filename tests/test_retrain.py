@@ -165,3 +165,41 @@ def test_weights_digest_follows_the_values_not_the_objects():
     same["w"][0, 0] = 1e-7
     assert retrain.weights_digest([a]) != retrain.weights_digest([same])
     assert retrain.weights_digest([a, a]) != retrain.weights_digest([a])  # a window of two checkpoints
+
+
+def test_a_second_pool_is_out_of_distribution_and_extra_benchmarks_test_the_first_pools_students(
+        grader, tmp_path, monkeypatch):
+    """Paper profile shape (pools [math_test, olympiadbench], extra [aime24, amc23]) at toy size:
+    the OlympiadBench students mix PQ with OlympiadBench's own hard train split, each pool is
+    tested on its own hard test split, and AIME/AMC test the first pool's students."""
+    from pathlib import Path
+
+    from soar import data, paths
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/raw").symlink_to(root / "data/raw")
+    (tmp_path / "models").symlink_to(root / "models")
+    for pool in ("math_test", "olympiadbench"):
+        for split in ("train", "test"):
+            data.write_jsonl(paths.hard_split(pool, split),
+                             [Problem(f"{pool}/{split}/{i}", f"What is {i} + 2?", str(i + 2)) for i in range(3)])
+    cfg = config.load(root / "params.yaml", {
+        "fail_at_k": {"pools": ["math_test", "olympiadbench"]}, "generation": {"batch_size": 4},
+        "retrain": {"methods": ["pq-mixed"], "seeds": [0], "steps": 1, "questions_per_step": 2,
+                    "samples_per_question": 2, "max_new_tokens": 8, "eval_every": 1},
+        "evaluate": {"extra": ["aime24", "amc23"], "limit": 2}})
+    student = Policy(*load_model("smollm2-135m-instruct", device="cpu"), adapter="lora", lora_r=4, lora_alpha=8)
+    pq = [Problem("pq/0", "What is 7 - 3?", "4")]
+    runs = retrain.train_all(cfg, student, {"pq": pq}, grader=grader)
+    assert [r["pool"] for r in runs] == ["math_test", "olympiadbench"]
+    for pool in ("math_test", "olympiadbench"):
+        rows = tracking.read_log(paths.stage_dir("retrain", paths.retrain_run(pool, "pq-mixed", 0)) / "metrics.jsonl")
+        ids = {i for r in rows for i in r["ids"]}
+        assert ids <= {"pq/0"} | {f"{pool}/train/{i}" for i in range(3)} and any(i.startswith(pool) for i in ids)
+    sets = retrain.test_sets(cfg)
+    assert {b: pool for b, (pool, _) in sets.items()} == {
+        "math_test": "math_test", "olympiadbench": "olympiadbench", "aime24": "math_test", "amc23": "math_test"}
+    assert all(p.id.startswith("olympiadbench/test/") for p in sets["olympiadbench"][1])
+    assert all(len(problems) == 2 for _, problems in sets.values())  # evaluate.limit
