@@ -57,6 +57,9 @@ class DataWarning(UserWarning):
     """Records skipped on load (e.g. MATH train's two empty answers)."""
 
 
+_WARNED: dict = {}  # warnings' once-per-location registry for DataWarning (see load_problems_report)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One question with its reference answer(s); the unit of every dataset in the pipeline."""
@@ -221,9 +224,9 @@ def load_problems_report(path: str | Path, *, skip_empty_answers: bool = True,
             problems.append(Problem.from_dict(rec))
         except (TypeError, ValueError) as e:
             raise DataError(path, line_no, f"record {pid!r}: {e}") from None
-    if skipped:
-        warnings.warn(f"{path}: skipped {len(skipped)} record(s) with an empty answer: {skipped}",
-                      DataWarning, stacklevel=2)
+    if skipped:  # located at the data file's line, not at a caller's (a temp path in a notebook)
+        warnings.warn_explicit(f"skipped {len(skipped)} record(s) with an empty answer: {skipped}", DataWarning,
+                               filename=str(path), lineno=first_line[skipped[0]], registry=_WARNED)
     return problems, skipped
 
 

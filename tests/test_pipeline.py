@@ -146,6 +146,13 @@ def test_executed_notebooks_keep_their_figures_as_images(project):
         assert len(images) >= 4, name
 
 
+def test_executed_notebooks_name_no_path_of_this_machine(project):
+    """They are committed as run records (the project speaks of itself only)."""
+    for nb in (project / "results/notebooks").glob("*.ipynb"):
+        text = nb.read_text()
+        assert "site-packages" not in text and str(project) not in text and str(ROOT) not in text, nb.name
+
+
 def test_fail_at_k_metrics_are_consistent_with_samples(project):
     metrics = json.loads((project / "results/fail_at_k/metrics.json").read_text())
     rows = [json.loads(x) for x in (project / "results/fail_at_k/samples/gsm8k_test.jsonl").read_text().splitlines()]
