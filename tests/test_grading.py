@@ -402,7 +402,9 @@ def test_batched_rewards_equal_single_rewards(grader):
 def test_hostile_completion_gets_no_reward_and_runs_nothing(fast_grader, tmp_path):
     marker = tmp_path / "PWNED"
     text = f"\\boxed{{__import__('os').system('touch {marker}')}}"
-    assert grading.student_reward(text, "1", grader=fast_grader) == grading.REWARD_BOXED
+    gold = "31415926"  # not "1": pytest's temp dir pytest-1 put it in the text (reference present)
+    assert gold not in text
+    assert grading.student_reward(text, gold, grader=fast_grader) == grading.REWARD_BOXED
     assert not marker.exists()
 
 
