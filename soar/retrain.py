@@ -306,6 +306,14 @@ def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[
     # what each model is, by its weights: the PS's promotions, a fresh student's checkpoints
     ps_tag = weights_digest([p["state"] for p in torch.load(soar_files("grounded", rc.soar_seed)[1],
                                                             weights_only=False).promotions])
+    digests: dict[Path, str] = {}  # each checkpoint read once, one at a time (paper size: GBs each)
+
+    def weights_of(ckpts: list[Path]) -> str:
+        for c in ckpts:
+            if c not in digests:
+                digests[c] = weights_digest([torch.load(c, map_location="cpu", mmap=True)])
+        return "+".join(digests[c] for c in ckpts)
+
     jobs = []
     for bench, (pool, problems) in test_sets(cfg).items():
         for seed in rc.seeds:
@@ -314,7 +322,7 @@ def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[
                 where = paths.retrain_run(pool, m, seed)
                 done = data.read_json(paths.stage_dir("retrain", where) / "metrics.json")
                 ckpts = [paths.run_checkpoint("retrain", where) / f"step_{s:06d}.pt" for s in done["eval_checkpoints"]]
-                jobs.append((bench, problems, m, seed, student, ckpts, weights_digest([torch.load(c) for c in ckpts])))
+                jobs.append((bench, problems, m, seed, student, ckpts, weights_of(ckpts)))
     for bench, problems, model, seed, policy, ckpts, tag in tqdm(jobs, desc="evaluate"):
         path = paths.eval_samples(bench, model, seed)
         fp = run_fingerprint({"settings": settings, "model": model, "tag": tag,

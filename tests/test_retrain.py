@@ -156,7 +156,7 @@ def test_fresh_student_logs_its_schedule_saves_checkpoints_and_is_not_retrained(
     assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == mtime
 
 
-def test_weights_digest_follows_the_values_not_the_objects():
+def test_weights_digest_follows_the_values_not_the_objects(tmp_path):
     import torch
 
     a = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(2, dtype=torch.bfloat16)}
@@ -165,6 +165,9 @@ def test_weights_digest_follows_the_values_not_the_objects():
     same["w"][0, 0] = 1e-7
     assert retrain.weights_digest([a]) != retrain.weights_digest([same])
     assert retrain.weights_digest([a, a]) != retrain.weights_digest([a])  # a window of two checkpoints
+    torch.save(a, tmp_path / "step.pt")  # as evaluate_all reads a checkpoint back
+    assert retrain.weights_digest([torch.load(tmp_path / "step.pt", map_location="cpu", mmap=True)]) == \
+        retrain.weights_digest([a])
 
 
 def test_a_second_pool_is_out_of_distribution_and_extra_benchmarks_test_the_first_pools_students(
