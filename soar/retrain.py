@@ -303,9 +303,11 @@ def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[
     returns {benchmark: {model: {seed: records}}}."""
     ec, rc, out = cfg.evaluate, cfg.retrain, {}
     settings = {k: v for k, v in config.to_dict(ec).items() if k != "n_boot"} | {"model": cfg.model.name}
-    # what each model is, by its weights: the PS's promotions, a fresh student's checkpoints
-    ps_tag = weights_digest([p["state"] for p in torch.load(soar_files("grounded", rc.soar_seed)[1],
-                                                            weights_only=False).promotions])
+    # what each model is, by its weights: the PS's promotions, a fresh student's checkpoints. The
+    # SOAR state also holds the teacher and its optimizer (paper size: tens of GB): mmap, read only
+    # the promotions
+    state = torch.load(soar_files("grounded", rc.soar_seed)[1], map_location="cpu", mmap=True, weights_only=False)
+    ps_tag = weights_digest([p["state"] for p in state.promotions])
     digests: dict[Path, str] = {}  # each checkpoint read once, one at a time (paper size: GBs each)
 
     def weights_of(ckpts: list[Path]) -> str:
