@@ -9,6 +9,15 @@ Teacher and students are both a `Policy`:
   the reference.
 `update` is the plumbing around soar.rl: pad prompt+completion pairs, take per-token log-probs
 under the policy and the reference, and make one optimizer step on the RLOO loss.
+
+Precision (bf16 on GPU). An AdamW step of about lr = 1e-5 (the paper's) is below half a bf16 ULP
+of most weights, so a bf16 model stepped in place barely moves (measured on a tiny random Llama:
+10 steps changed 15% of the weights, cosine 0.36 with the fp32 update). So every trained weight
+has an fp32 master: forward and backward run in the model's dtype, gradients accumulate in fp32
+on the masters, the optimizer steps the masters, and the model gets a rounded copy after each
+step. `parameters()` (what the optimizer steps) and `state()` (what checkpoints and promotions
+save) are the masters. LoRA adapters are fp32 already (peft keeps them so: each adapter is its
+own master). In fp32 (CPU) the masters are the weights themselves: no copy, the same results.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import math
 import torch
 
 from soar import rl
-from soar.models import add_lora, load_model, load_trainable_state, trainable_state
+from soar.models import add_lora, load_model, load_trainable_state
 
 ADAPTER = "default"
 
@@ -34,19 +43,36 @@ class Policy:
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
-        self.model = add_lora(base, r=lora_r, alpha=lora_alpha) if adapter == "lora" else copy.deepcopy(base)
+        # The fp32 truth of the base where promotions changed a base stored in lower precision
+        # (see merge); None while the base's own weights are exact.
+        self._base32: dict[str, torch.Tensor] | None = None
+        if adapter == "lora":
+            self.model = add_lora(base, r=lora_r, alpha=lora_alpha)
+            self._masters: dict[str, torch.Tensor] = {}  # adapters are fp32: their own masters
+            _check_fp32_adapters(self.model)
+        else:
+            self.model = copy.deepcopy(base)
+            # one vLLM engine serves the trained copy and its reference (soar.sampling)
+            self.model.engine_key = self.base.engine_key = id(self)
+            self._masters = {n: p.detach().float() for n, p in self.model.named_parameters()
+                             if p.dtype != torch.float32}
         self._initial = None
         self.reset(seed=0)
 
     def reset(self, seed: int) -> None:
         """Back to the reference: a fresh adapter (seeded init; B = 0, so output = base) or a
-        fresh copy of the base."""
+        fresh copy of the base (its masters from the base's fp32 truth)."""
         if self.adapter == "lora":
             self._init_adapter(ADAPTER, seed)
         else:
             self.model.load_state_dict(self.base.state_dict())
             for p in self.model.parameters():
                 p.requires_grad_(True)
+            truth = self._base32 or dict(self.base.named_parameters())
+            with torch.no_grad():
+                for name, master in self._masters.items():
+                    master.copy_(truth[name])
+        self._changed()
 
     def _init_adapter(self, name: str, seed: int) -> None:
         """Seeded LoRA init of adapter `name` (B = 0, so its output is the base's)."""
@@ -55,9 +81,19 @@ class Policy:
             if hasattr(module, "reset_lora_parameters") and name in getattr(module, "lora_A", {}):
                 module.reset_lora_parameters(name, True)
 
+    def _trained(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, weight) of what training changes now: the active adapter, or every weight."""
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def parameters(self) -> list[torch.Tensor]:
+        """What the optimizer steps: the fp32 master of each trained weight (the weight itself
+        when it is fp32)."""
+        return [self._masters.get(n, p) for n, p in self._trained()]
+
     def state(self) -> dict[str, torch.Tensor]:
-        """What training changed: the adapter, or every weight under full fine-tuning."""
-        return trainable_state(self.model)
+        """What training changed, in fp32 (the masters), on the CPU: the adapter, or every weight
+        under full fine-tuning."""
+        return {n: self._masters.get(n, p).detach().to("cpu", copy=True) for n, p in self._trained()}
 
     @contextlib.contextmanager
     def students(self, seeds):
@@ -72,6 +108,7 @@ class Policy:
             for name, seed in zip(names, seeds):
                 self.model.add_adapter(name, config)
                 self._init_adapter(name, seed)  # the same draws as reset(seed)
+            _check_fp32_adapters(self.model)
             yield names
         finally:
             self.model.set_adapter(ADAPTER)
@@ -94,7 +131,13 @@ class Policy:
             return {k.replace(f".{name}.", f".{ADAPTER}."): v for k, v in self.state().items()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        load_trainable_state(self.model, state)
+        """Set the trained weights (and their masters) to `state`, as state() returned it."""
+        load_trainable_state(self.model, state)  # the compute weights, rounded to the model's dtype
+        with torch.no_grad():
+            for name, master in self._masters.items():
+                if name in state:
+                    master.copy_(state[name])
+        self._changed()
 
     @contextlib.contextmanager
     def reference(self):
@@ -107,21 +150,69 @@ class Policy:
 
     def merge(self, state: dict[str, torch.Tensor]) -> None:
         """Make `state` part of the reference (promotion): add the adapter's delta into the base
-        weights, or copy full weights into the base. The policy is reset afterwards."""
-        if self.adapter == "lora":
-            self.load_state(state)
-            with torch.no_grad():
-                for module in self.model.modules():
+        weights, or copy full weights into the base. The policy is reset afterwards.
+
+        A bf16 base cannot hold a small delta: most of it is below half a ULP and rounds away,
+        and so again at every later promotion. So where the base is stored in lower precision,
+        the merged weights are kept in fp32 beside it (self._base32, on the CPU: needed only at
+        merges and resets) and the base holds their nearest bf16 values, as a model holds its
+        masters' (the simplest correct choice: an unmerged promoted delta would have to be a
+        second active adapter in every forward, batched students and vLLM request). LoRA: the
+        merged layers' weights; full: the promoted student's masters themselves, so that the next
+        fresh student starts from them exactly (reset). In fp32 nothing is kept: the base is exact.
+        """
+        self.load_state(state)
+        with torch.no_grad():
+            if self.adapter == "lora":
+                for name, module in self.model.named_modules():
                     if hasattr(module, "get_delta_weight") and ADAPTER in getattr(module, "lora_A", {}):
-                        module.base_layer.weight += module.get_delta_weight(ADAPTER)
-        else:
-            self.load_state(state)
-            self.base.load_state_dict(self.model.state_dict())
+                        weight = module.base_layer.weight
+                        if weight.dtype == torch.float32:
+                            weight += module.get_delta_weight(ADAPTER)
+                            continue
+                        if self._base32 is None:
+                            self._base32 = {}
+                        truth = self._base32.setdefault(name, weight.detach().to("cpu", torch.float32, copy=True))
+                        truth += module.get_delta_weight(ADAPTER).to("cpu", torch.float32)
+                        weight.copy_(truth)
+            else:
+                self.base.load_state_dict(self.model.state_dict())
+                if self._masters:  # fp32 on the CPU already (state()): no copy
+                    self._base32 = {k: v.detach().to("cpu", torch.float32) for k, v in state.items()}
+                self.base.weights_version = getattr(self.base, "weights_version", 0) + 1
         self.model.base_version = getattr(self.model, "base_version", 0) + 1  # a vLLM engine reloads it
         self.reset(seed=0)
 
-    def parameters(self):
-        return [p for p in self.model.parameters() if p.requires_grad]
+    def accumulate_grads(self) -> None:
+        """Move the gradients of the compute weights onto their fp32 masters, summed in fp32
+        (after each micro-batch's backward; nothing to do where the weights are their masters)."""
+        for name, p in self._trained():
+            master = self._masters.get(name)
+            if master is None or p.grad is None:
+                continue
+            master.grad = p.grad.float() if master.grad is None else master.grad.add_(p.grad)
+            p.grad = None
+
+    def stepped(self) -> None:
+        """After an optimizer step on the masters: the compute weights take their new values."""
+        with torch.no_grad():
+            for name, p in self._trained():
+                master = self._masters.get(name)
+                if master is not None:
+                    p.copy_(master)
+        self._changed()
+
+    def _changed(self) -> None:
+        """The trained copy's weights changed: a vLLM engine holding them reloads (soar.sampling)."""
+        self.model.weights_version = getattr(self.model, "weights_version", 0) + 1
+
+
+def _check_fp32_adapters(model) -> None:
+    """peft keeps LoRA adapters in fp32 on a bf16/fp16 base (autocast_adapter_dtype): they are
+    their own master weights. A peft that stopped doing so would silently lose bf16 updates."""
+    low = [n for n, p in model.named_parameters() if "lora_" in n and p.dtype != torch.float32]
+    if low:
+        raise TypeError(f"LoRA adapter weights are not fp32 ({low[0]}: ...); soar.policy expects peft to keep them so")
 
 
 def load_policy(model_cfg, role) -> Policy:
@@ -132,7 +223,8 @@ def load_policy(model_cfg, role) -> Policy:
 
 
 def make_optimizer(policy: Policy, *, lr: float, warmup_steps: int, total_steps: int):
-    """AdamW with linear warmup then cosine decay to 0 (paper: AdamW, cosine)."""
+    """AdamW on the policy's fp32 masters, with linear warmup then cosine decay to 0 (paper:
+    AdamW, cosine)."""
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
 
     def schedule(step: int) -> float:
@@ -142,8 +234,6 @@ def make_optimizer(policy: Policy, *, lr: float, warmup_steps: int, total_steps:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-
-
 def _pad(samples, pad_id: int, device):
     """Right-padded prompt+completion ids, attention mask and completion mask (B, T)."""
     seqs = [list(s.prompt_ids) + list(s.completion_ids) for s in samples]
@@ -167,7 +257,8 @@ def _logps(model, ids, attn) -> torch.Tensor:
 def update(policy: Policy, optimizer, scheduler, samples, advantages: torch.Tensor, *, kl_coef: float,
            max_grad_norm: float, micro_batch: int = 4) -> dict[str, float]:
     """One RLOO step on `samples` (with advantages (B,)), token-normalized over the whole batch
-    even when split into micro-batches (each micro loss is scaled by its token share).
+    even when split into micro-batches (each micro loss is scaled by its token share). Forward and
+    backward in the model's dtype, the step on the fp32 masters (module docstring).
     micro_batch 4 bounds memory (the (B, T, V) logits; 16 took 2.5x the peak RSS on CPU, same speed)."""
     device = next(policy.model.parameters()).device
     pad = policy.tokenizer.pad_token_id
@@ -188,10 +279,13 @@ def update(policy: Policy, optimizer, scheduler, samples, advantages: torch.Tens
                                           ref_logps=ref_logps, kl_coef=kl_coef, normalize="token")
         share = mask.sum().item() / total_tokens
         (loss * share).backward()
+        policy.accumulate_grads()  # onto the fp32 masters, freeing the compute weights' gradients
         for k, v in s.items():
             stats[k] = stats.get(k, 0.0) + v * share
     stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm))
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # gradients are not kept between steps (memory)
+    policy.stepped()  # the masters' new values into the compute weights
     scheduler.step()
     stats["lr"] = scheduler.get_last_lr()[0]
     return stats
