@@ -214,14 +214,28 @@ def generate(
 
 
 # --- vLLM (generation.backend: vllm) ----------------------------------------------------------
-# vLLM pins its own torch, so it lives in its own environment (the `gpu` extra; README). One
-# vllm.LLM per base model serves the policies' LoRA adapters per request: the adapters are saved
-# (megabytes) before every call, and when the base itself changes (a promotion merges a student
-# into it) the engine is rebuilt from the merged weights. Not run by the CPU test suite (vLLM
-# needs a GPU); tests/test_sampling.py checks this plumbing against a stand-in `vllm` module.
+# vLLM pins its own torch, so it lives in its own environment (the `gpu` extra; README). Not run
+# by the CPU test suite (vLLM needs a GPU); tests/test_sampling.py checks this plumbing against a
+# stand-in `vllm` module. Two kinds of engine:
+# - LoRA policies: one vllm.LLM per base model serves the policies' adapters per request; the
+#   adapters are saved (megabytes) before every call, and when the base itself changes (a
+#   promotion merges a student into it) the engine is rebuilt from the merged weights.
+# - plain models (full fine-tuning, and fail@k's untrained model): one engine per Policy (its
+#   trained copy and its reference share it, soar.policy sets `engine_key`) or per plain model,
+#   holding one model's weights at a time. When the weights asked for are not the ones it holds
+#   (another model of the policy, or the same one after an update, reset, load or promotion:
+#   soar.policy bumps `weights_version`), they are loaded into the engine in place, as TRL's
+#   colocate mode does after each optimizer step: the engine runs in this process
+#   (distributed_executor_backend="external_launcher"), its model's `load_weights` takes
+#   (name, tensor) pairs, and the prefix cache is reset (its KV was computed with the old weights).
 
 VLLM_GPU_MEMORY = float(os.environ.get("SOAR_VLLM_GPU_MEMORY", "0.3"))  # per engine: teacher and student each have one
 _ENGINES: dict[int, "_VLLMEngine"] = {}
+
+
+def _weights_key(model) -> tuple[int, int]:
+    """Which weights a plain model has now: the model, and its version (soar.policy)."""
+    return id(model), getattr(model, "weights_version", 0)
 
 
 class _VLLMEngine:
@@ -229,18 +243,40 @@ class _VLLMEngine:
         self.version = getattr(model, "base_version", 0)
         self.dir = Path(tempfile.mkdtemp(prefix="soar-vllm-"))
         self.calls = 0
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        lora = hasattr(model, "peft_config")
+        base = model.get_base_model() if lora else model
         # the base weights as they are now, without the adapters (peft names them base_layer)
         clean = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
         base.save_pretrained(self.dir / "base", state_dict=clean)
         tokenizer.save_pretrained(self.dir / "base")
-        rank = max((c.r for c in getattr(model, "peft_config", {}).values()), default=0)
         from vllm import LLM  # noqa: PLC0415  (optional extra, imported here only)
 
-        self.llm = LLM(model=str(self.dir / "base"), enable_lora=rank > 0,
-                       max_lora_rank=max(8, 1 << (rank - 1).bit_length()),  # vLLM takes powers of two
-                       max_loras=8,  # adapters in one batch (batched students); more are scheduled in turns
-                       gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0)
+        if lora:
+            rank = max(c.r for c in model.peft_config.values())
+            self.llm = LLM(model=str(self.dir / "base"), enable_lora=True,
+                           max_lora_rank=max(8, 1 << (rank - 1).bit_length()),  # vLLM takes powers of two
+                           max_loras=8,  # adapters in one batch (batched students); more are scheduled in turns
+                           gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0)
+            return
+        # In-process worker (TRL's colocate mode), so that load_weights reaches the engine's model.
+        # It is a one-process torch.distributed group: vLLM reads these if nothing set them.
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", str(_free_port()))):
+            os.environ.setdefault(key, value)
+        self.llm = LLM(model=str(self.dir / "base"), gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0,
+                       distributed_executor_backend="external_launcher")
+        self.holds = _weights_key(model)
+        for f in (self.dir / "base").glob("*.safetensors"):  # loaded; later weights come in place
+            f.unlink()
+
+    def hold(self, model) -> None:
+        """Make the engine compute with `model`'s current weights (a plain model), in place."""
+        if self.holds == _weights_key(model):
+            return
+        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        engine_model.load_weights([(name, p.detach()) for name, p in model.named_parameters()])
+        self.llm.reset_prefix_cache()
+        self.holds = _weights_key(model)
 
     def lora_requests(self, model, names):
         """A LoRARequest per adapter name, from the adapter's weights saved now (a new id each
@@ -262,25 +298,39 @@ class _VLLMEngine:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _generate_vllm(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_p, stop, keys, adapters):
-    """generate() on vLLM: one request per prompt with n samples and its own seed (its key), the
-    LoRA adapter that answers it (the active one, or `adapters[i]`; none inside
-    Policy.reference()), on an engine holding the model's current base weights."""
+    """generate() on vLLM: one request per prompt with n samples and its own seed (its key).
+    LoRA policies: the adapter that answers each prompt (the active one, or `adapters[i]`; none
+    inside Policy.reference()) on an engine holding the current base weights. Plain models
+    (full fine-tuning, fail@k): the engine computes with the model's current weights."""
     from vllm import SamplingParams  # noqa: PLC0415  (optional extra, imported here only)
     from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
-    if not hasattr(model, "peft_config"):
-        raise ValueError("generation.backend: vllm serves LoRA adapters; full fine-tuning (adapter: full) would "
-                         "need the trained weights synced into the engine after every update, which is not built")
-    engine = _ENGINES.get(id(model))
-    if engine is not None and engine.version != getattr(model, "base_version", 0):
+    lora = hasattr(model, "peft_config")
+    if not lora and adapters is not None:
+        raise ValueError("per-prompt adapters need a LoRA model (batched students: adapter: lora)")
+    key = getattr(model, "engine_key", id(model))
+    engine = _ENGINES.get(key)
+    if lora and engine is not None and engine.version != getattr(model, "base_version", 0):
         engine.close()  # a promotion changed the base
         engine = None
     if engine is None:
-        engine = _ENGINES[id(model)] = _VLLMEngine(model, tokenizer)
-    disabled = any(getattr(m, "disable_adapters", False) for m in model.modules() if hasattr(m, "lora_A"))
-    names = None if disabled else list(adapters) if adapters is not None else [model.active_adapter] * len(prompts)
-    requests = engine.lora_requests(model, [x for x in names if x != "__base__"]) if names else {}
+        engine = _ENGINES[key] = _VLLMEngine(model, tokenizer)
+    names, requests = None, {}
+    if lora:
+        disabled = any(getattr(m, "disable_adapters", False) for m in model.modules() if hasattr(m, "lora_A"))
+        names = None if disabled else list(adapters) if adapters is not None else [model.active_adapter] * len(prompts)
+        requests = engine.lora_requests(model, [x for x in names if x != "__base__"]) if names else {}
+    else:
+        engine.hold(model)
     prompt_ids = encode_prompts(tokenizer, prompts)
     params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                              stop=list(stop) or None, include_stop_str_in_output=True, seed=seed_from(*keys[i]) % 2**32)

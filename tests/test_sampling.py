@@ -66,27 +66,41 @@ def test_top_p_small_is_greedy(smol):
 
 
 # --- generation.backend: vllm, against a stand-in `vllm` module --------------------------------
-# vLLM needs a GPU and its own torch, so it cannot run here: a stand-in records what the backend
-# asks of it (engine, LoRA requests, seeds), and the saved files it would load are checked.
+# vLLM needs a GPU and its own torch, so it cannot run here: the `vllm` module below is a
+# STAND-IN, not vLLM. It records what the backend asks of it (engine arguments, LoRA requests,
+# seeds, in-place weight loads) and reads the saved files vLLM would load; whether real vLLM
+# accepts these calls is for a GPU machine to confirm (README, "Paper-path dry run").
 
-def test_vllm_backend_serves_the_adapters_and_rebuilds_after_a_promotion(monkeypatch, tmp_path):
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    """Install the stand-in `vllm` modules; yields the list of engines (LLM objects) made."""
     import sys
     from types import ModuleType, SimpleNamespace
 
     from safetensors.torch import load_file
 
     from soar import sampling
-    from soar.data import seed_from
-    from soar.models import load_model
-    from soar.policy import Policy
 
     engines = []
 
+    class EngineModel:  # llm.llm_engine.model_executor.driver_worker.model_runner.model
+        def __init__(self):
+            self.loads = []
+
+        def load_weights(self, weights):
+            self.loads.append({name: t.detach().clone() for name, t in weights})
+
     class LLM:
         def __init__(self, model, **kw):
-            self.dir, self.kw, self.calls = model, kw, []
+            self.dir, self.kw, self.calls, self.prefix_resets = model, kw, [], 0
             self.weights = load_file(f"{model}/model.safetensors")  # what vLLM would load
+            self.model = EngineModel()
+            worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
+            self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker))
             engines.append(self)
+
+        def reset_prefix_cache(self):
+            self.prefix_resets += 1
 
         def generate(self, prompts, params, use_tqdm, lora_request):
             adapters = [None if r is None else load_file(f"{r.lora_path}/adapter_model.safetensors")
@@ -103,9 +117,21 @@ def test_vllm_backend_serves_the_adapters_and_rebuilds_after_a_promotion(monkeyp
     for name, module in (("vllm", vllm), ("vllm.inputs", inputs), ("vllm.lora", lora), ("vllm.lora.request", request)):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(sampling, "_ENGINES", {})
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)  # set by the backend for external_launcher; undone after
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", None)
+    yield engines
+    for e in sampling._ENGINES.values():
+        e.close()
 
+
+def test_vllm_backend_serves_the_adapters_and_rebuilds_after_a_promotion(fake_vllm):
+    from soar.data import seed_from
+    from soar.models import load_model
+    from soar.policy import Policy
+
+    engines = fake_vllm
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     policy = Policy(model, tok, adapter="lora", lora_r=4, lora_alpha=8)
     q_base = policy.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
@@ -141,8 +167,53 @@ def test_vllm_backend_serves_the_adapters_and_rebuilds_after_a_promotion(monkeyp
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(engines[1].weights[q], engine.weights[q])
 
-    full = Policy(*load_model("smollm2-135m-instruct", device="cpu"), adapter="full")
-    with pytest.raises(ValueError, match="full fine-tuning"):
-        generate(full.model, tok, PROMPTS, n=1, backend="vllm")
-    for e in sampling._ENGINES.values():
-        e.close()
+
+def test_vllm_backend_syncs_full_fine_tuning_weights_in_place(fake_vllm, smol):
+    """adapter: full (paper) and fail@k's plain model: one engine per policy, built once; after
+    every change of the weights (an optimizer step, a reset, a promotion) the next generate loads
+    them into the engine in place (TRL colocate's load_weights) and resets its prefix cache."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from soar.policy import Policy, make_optimizer, update
+
+    engines, tok = fake_vllm, smol[1]
+
+    def tiny():  # a small random Llama on the real tokenizer (the stand-in never runs it)
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+
+    plain = tiny()  # fail@k: an untrained model, no adapter
+    generate(plain, tok, PROMPTS, n=2, backend="vllm")
+    assert engines[0].kw["distributed_executor_backend"] == "external_launcher"
+    assert "enable_lora" not in engines[0].kw and not engines[0].model.loads
+    with pytest.raises(ValueError, match="LoRA"):
+        generate(plain, tok, PROMPTS, n=1, backend="vllm", adapters=["a", "b"])
+
+    policy = Policy(tiny(), tok, adapter="full")
+    generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
+    engine = engines[1]
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(engine.weights[q], policy.model.model.layers[0].self_attn.q_proj.weight)
+    optimizer, scheduler = make_optimizer(policy, lr=1e-2, warmup_steps=0, total_steps=2)
+    samples = [s for row in generate(policy.model, tok, PROMPTS, n=2, max_new_tokens=4, backend="hf",
+                                     progress=False) for s in row]
+    update(policy, optimizer, scheduler, samples, torch.tensor([1.0, -1.0, 0.5, -0.5]), kl_coef=0.001,
+           max_grad_norm=1.0)
+    assert not engine.model.loads  # nothing is loaded until the engine is asked to sample
+    generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
+    assert len(engines) == 2 and len(engine.model.loads) == 1 and engine.prefix_resets == 1
+    loaded = engine.model.loads[0]
+    assert list(loaded) == [n for n, _ in policy.model.named_parameters()]  # HF names: vLLM's loader maps them
+    assert torch.equal(loaded[q], policy.model.model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(loaded[q], engine.weights[q])  # the update reached the engine
+    generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
+    assert len(engine.model.loads) == 1  # unchanged weights are not loaded again
+
+    with policy.reference() as base:  # the same engine, the reference's weights
+        generate(base, tok, PROMPTS, n=1, backend="vllm")
+    assert len(engines) == 2 and torch.equal(engine.model.loads[-1][q], engine.weights[q])
+    trained = policy.state()
+    policy.merge(trained)  # promotion: the base changes, the policy resets to it
+    generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
+    assert torch.equal(engine.model.loads[-1][q], trained[q]) and len(engines) == 2
