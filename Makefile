@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast test-optin judge-server bench clean-venv
+.PHONY: setup repro test test-fast test-optin judge-server bench dry-run clean-venv
 
 setup: $(VENV)/.installed models/.converted
 
@@ -41,6 +41,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m 'not slow'
+
+# The paper profile's code path (full fine-tuning, bf16, every stage to the main table) on a random
+# scaled-down Llama at toy sizes, in a scratch folder; about 2.5 minutes on 2 CPU cores (README).
+dry-run: setup
+	$(BIN)/python -m soar.dry_run
 
 # The opt-in checks (a real local judge server): `make judge-server test-optin`.
 judge-server: setup
