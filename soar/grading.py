@@ -12,7 +12,8 @@ rejection sampling; the grounded teacher reward counts `is_correct` verdicts of 
   alarm, inside an outer wall-clock deadline: a worker that misses it is killed and replaced, the
   check scores False and is counted in `Grader.stats["timeouts"]`. Model text is never executed:
   it is only parsed by math-verify's LaTeX grammar (ANTLR), never passed to eval or raw sympify.
-- `student_reward`: the shaped reward, strictly decreasing over the four cases of the paper.
+- `student_reward`: the shaped reward, strictly decreasing over the four cases of the paper (the
+  "reference present" case looks in the boxed answer, not the whole completion).
 - `parse_teacher_output`: `<question>...</question><answer>\\boxed{...}</answer>` or a Rejection.
 
 Equivalence policy (what counts as the same answer; the tests pin every line):
@@ -21,12 +22,22 @@ Equivalence policy (what counts as the same answer; the tests pin every line):
   inside an expression is read as the exact rational it spells (0.5x == x/2).
 - A comma followed by exactly three digits inside a pure number is a thousands separator
   ("1,000" == 1000, "3,\\!200" == 3200, "1{,}000" == 1000); any other comma separates items
-  ("1,2" is a list). Space-grouped digits ("10 000") are one number too.
+  ("1,2" is a list). Space-grouped digits ("10 000") are one number too. Inside a list, a
+  separator is recognised only where the list cannot be read otherwise (`_list_thousands`):
+  `{,}` before three digits always is one ("1{,}000,2{,}500" == "1000, 2500"); a bare comma is
+  one when the items are separated by comma + space and every comma without a space sits in a
+  well-formed grouped number ("1,000, 2,500" and "\\{1,000, 2,500\\}" are two numbers). A list
+  without spaces stays items ("1,000,2,000" is four items), as does one that also uses bare
+  commas as separators ("1,2, 3,000").
 - Decorations are dropped on both sides before comparing: `$`/`\\$`, "dollars", `\\%`/"percent"
   (so 50\\% == 50, and 50\\% != 0.5), degrees (30^\\circ == 30), trailing unit words and trailing
   `\\text{...}` units ("5 \\text{ cm}" == 5), `\\left`/`\\right`, LaTeX spacing, `\\dfrac`/`\\tfrac`.
   Single-letter units are stripped only inside `\\text{}`: "2m" stays 2*m, a variable.
 - `2\\frac{1}{2}` (an integer directly before a numeric fraction) is a mixed number, 5/2.
+- Radicals and fractional powers are the same number ("2^{1/2}" == "\\sqrt{2}", "8^{1/3}" == 2,
+  also with an unbraced "2^\\frac12"). An odd root of a negative number is the real root, as in
+  MATH ("\\sqrt[3]{-8}" == "(-8)^{1/3}" == -2, "(-8)^{2/3}" == 4), not sympy's principal complex
+  root; even roots of negatives stay complex.
 - A number with a base subscript (2516_8, 1011_{2}) equals only the same digits in the same base.
 - Parenthesized pairs are ordered tuples or intervals (math-verify decides which): (3,5) != (5,3),
   [1,2) != [1,2]; bare comma lists and \\{...\\} sets are unordered: "3, 5" == "5, 3".
@@ -59,7 +70,11 @@ from multiprocessing.connection import wait as _wait_conns
 # Shaped student reward (PAPER.md, "Student reward"). The paper orders the four cases but its
 # magnitudes are garbled in the text we have; these are our choice. Strictly decreasing.
 REWARD_CORRECT = 1.0  # boxed and verified by math-verify
-REWARD_REFERENCE_PRESENT = 0.5  # boxed, not verified, but the reference string appears in the completion
+# Boxed, not verified, but the reference string appears in the *answer* (the boxed content), as
+# PAPER.md states it ("appears in the answer"; the paper calls the boxed content the answer
+# throughout). Not the whole completion: a completion mentions many small numbers on its way, so a
+# whole-completion test would pay most boxed-but-wrong answers whose reference is a small integer.
+REWARD_REFERENCE_PRESENT = 0.5
 REWARD_BOXED = 0.1  # boxed but wrong (format credit)
 REWARD_NONE = 0.0  # no box
 
@@ -170,6 +185,23 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ$|°|\\degree")
 _MIXED = re.compile(r"^(-?)(\d+)\s*\\frac\s*(?:\{(\d+)\}\{(\d+)\}|(\d)(\d))$")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _SPACED_THOUSANDS = re.compile(r"^-?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
+_GROUPED = re.compile(r"(?<![\w.])(?<!\d,)\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\w|,\d)")  # 1,000 or 12,500.5 in a list
+_UNBRACED_FRAC_POWER = re.compile(r"(?<=\^)\s*(\\frac\s*(?:\{[^{}]*\}\s*\{[^{}]*\}|\d\d))")
+
+
+def _list_thousands(s: str) -> str:
+    """Thousands separators inside a list ("1,000, 2,500" -> "1000, 2500"), where no other
+    reading is possible: the items are separated by comma + space, and every comma not followed by
+    a space lies inside a well-formed grouped number (1-3 digits, then groups of exactly three).
+    Otherwise (no list spacing: "1,000,2,000"; bare commas also separating items: "1,2, 3,000")
+    the text is left as it is, and its commas separate items."""
+    if not re.search(r",\s", s):
+        return s
+    grouped = [m.span() for m in _GROUPED.finditer(s)]
+    tight = [i for i, c in enumerate(s) if c == "," and not s[i + 1 : i + 2].isspace()]
+    if not tight or not all(any(a < i < b for a, b in grouped) for i in tight):
+        return s
+    return _GROUPED.sub(lambda m: m.group(0).replace(",", ""), s)
 
 
 def clean_answer(ans: str) -> str:
@@ -180,8 +212,10 @@ def clean_answer(ans: str) -> str:
     s = _DELIMS.sub("", s)  # \( \) \[ \] \displaystyle \! \, (but not a matrix row break "\\")
     s = _SPACES.sub(" ", s)
     s = s.replace("\\varnothing", "\\emptyset")
-    s = re.sub(r"\s*\{\s*,\s*\}\s*", ",", s)  # 1{,}000
+    s = re.sub(r"(?<=\d)\{,\}(?=\d{3}(?!\d))", "", s)  # 1{,}000: LaTeX's explicit thousands separator
+    s = re.sub(r"\s*\{\s*,\s*\}\s*", ",", s)  # any other {,} is a plain comma (3{,}14)
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
+    s = _UNBRACED_FRAC_POWER.sub(r"{\1}", s)  # 2^\frac12: math-verify reads only "2^{\frac12}"
     s = _LEFT_RIGHT.sub("", s)
     s = s.replace("\\$", "").replace("\\%", "").replace("%", "")
     s = _DEGREES.sub("", s)
@@ -197,6 +231,8 @@ def clean_answer(ans: str) -> str:
             s = s[: -len(" percent")].strip()
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
+    elif "," in s:
+        s = _list_thousands(s)
     elif _SPACED_THOUSANDS.match(s):
         s = s.replace(" ", "")
     if m := _MIXED.match(s):  # 2\frac{1}{2} -> \frac{5}{2}
@@ -290,6 +326,21 @@ def _exact(x):
     return x.xreplace({f: sympy.Rational(str(f)) for f in floats}) if floats else x
 
 
+def _real_roots(x):
+    """x with every odd root of a negative number taken as the real root, as MATH means it:
+    sympy's (-8)^{1/3} is the principal root 1 + sqrt(3) i, so \\sqrt[3]{-8} != -2. Each b^{p/q}
+    with b a negative rational and q odd becomes (-1)^p |b|^{p/q}; even roots ((-4)^{1/2} = 2i)
+    are left alone."""
+    import sympy
+
+    if not isinstance(x, sympy.Basic):
+        return x
+    odd = {a: sympy.Integer(-1) ** a.exp.p * sympy.Pow(-a.base, a.exp) for a in x.atoms(sympy.Pow)
+           if isinstance(a.base, sympy.Rational) and a.base < 0 and isinstance(a.exp, sympy.Rational)
+           and a.exp.q % 2 == 1 and a.exp.q > 1}
+    return x.xreplace(odd) if odd else x
+
+
 def _rational_value(x):
     """The exact rational value of a closed-form number, or None (symbols, sets, irrationals, or
     a power too big to evaluate safely)."""
@@ -311,8 +362,8 @@ def _mv_equal(gold: str, pred: str) -> bool:
     g, p = _mv_parse(gold, True), _mv_parse(pred, True)
     if not g or not p:
         return False
-    g = [_exact(x) for x in g]
-    p = [_exact(x) for x in p]
+    g = [_real_roots(_exact(x)) for x in g]
+    p = [_real_roots(_exact(x)) for x in p]
     gv, pv = _rational_value(g[0]), _rational_value(p[0])
     if gv is not None and pv is not None:  # both exact numbers: exact comparison, no tolerance
         return bool(gv == pv)
@@ -761,23 +812,24 @@ def grade_completions(completions: Sequence[str], golds: Sequence, grader: Grade
                               for c, g, m in zip(completions, golds, flags)])
 
 
-def _reference_present(completion: str, gold: str) -> bool:
-    """Does the reference answer string appear in the completion as a whole token? "4" must not
-    match inside "14" or "4x" (a bare substring test would pay for any digit in the text)."""
+def _reference_present(answer: str, gold: str) -> bool:
+    """Does the reference answer string appear in the (extracted) answer as a whole token? "4"
+    must not match inside "14" or "4x" (a bare substring test would pay for any digit)."""
     for g in {gold.strip(), gold.strip().strip("$").strip(), clean_answer(gold)}:
         if not g:
             continue
         pattern = (r"(?<![A-Za-z0-9.])" if g[0].isalnum() else "") + re.escape(g) + \
                   (r"(?![A-Za-z0-9]|\.\d)" if g[-1].isalnum() else "")
-        if re.search(pattern, completion):
+        if re.search(pattern, answer):
             return True
     return False
 
 
 def student_reward(completion: str, gold: str | Sequence[str], *, grader: Grader | None = None,
                    multiple: bool = False) -> float:
-    """The shaped student reward (PAPER.md): verified > reference string present > boxed > none.
-    Only a box counts as an answer (no "the answer is" fallback): the student prompt asks for one."""
+    """The shaped student reward (PAPER.md): verified > reference string present in the boxed
+    answer > boxed > none. Only a box counts as an answer (no "the answer is" fallback): the
+    student prompt asks for one."""
     return student_rewards([completion], [gold], grader=grader, multiple=multiple)[0]
 
 
@@ -796,7 +848,7 @@ def student_rewards(completions: Sequence[str], golds: Sequence, *, grader: Grad
         alternatives = [gold] if isinstance(gold, str) else [_as_text(g) for g in gold]
         if ok:
             rewards[i] = REWARD_CORRECT
-        elif any(isinstance(g, str) and _reference_present(completions[i], g) for g in alternatives):
+        elif any(isinstance(g, str) and _reference_present(preds[i], g) for g in alternatives):
             rewards[i] = REWARD_REFERENCE_PRESENT
         else:
             rewards[i] = REWARD_BOXED

@@ -91,6 +91,24 @@ EQUIVALENT = [
     ("1011_2", "1011_{2}", "base subscript with and without braces"),
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "matrix, spacing around \\\\"),
     ("100000000000000000000", "10^{20}", "big integer against a power, exactly"),
+    # radicals written as fractional powers
+    ("2^{1/2}", "\\sqrt{2}", "square root as the power 1/2"),
+    ("8^{1/3}", "2", "a cube root that is an integer"),
+    ("2^\\frac12", "\\sqrt2", "unbraced \\frac exponent (math-verify reads only braced ones)"),
+    ("3^\\frac{1}{3}", "\\sqrt[3]{3}", "unbraced \\frac{}{} exponent against an nth root"),
+    ("12^{1/2}", "2\\sqrt{3}", "fractional power against the simplified surd"),
+    ("2^{-1/2}", "\\frac{\\sqrt{2}}{2}", "negative fractional power against a rationalized surd"),
+    ("\\sqrt[3]{-8}", "-2", "odd root of a negative number is the real root (MATH), not sympy's complex one"),
+    ("(-8)^{2/3}", "4", "real odd root, then squared"),
+    ("(-27)^{1/3}", "-3", "negative base written as a fractional power"),
+    ("\\sqrt[3]{-2}", "-\\sqrt[3]{2}", "real cube root of a negative non-cube"),
+    # thousands separators inside a list
+    ("1,000, 2,500", "2500, 1000", "comma + space separates items, the tight commas group digits"),
+    ("\\{1,000, 2,500\\}", "\\{1000, 2500\\}", "grouped numbers inside a set"),
+    ("1{,}000, 2{,}500", "1000, 2500", "braced separators in a spaced list"),
+    ("1{,}000,2{,}500", "1000, 2500", "{,} before three digits is a separator even in a tight list"),
+    ("1,234,567, 8", "8, 1234567", "several groups in one item"),
+    ("(1,000, 2,000)", "(1000, 2000)", "grouped numbers inside an ordered pair"),
 ]
 
 NOT_EQUIVALENT = [
@@ -127,6 +145,12 @@ NOT_EQUIVALENT = [
     ("", "8", "empty prediction"),
     (None, "8", "no answer extracted"),
     ("8", "", "empty gold never matches"),
+    ("2^{1/2}", "\\sqrt{3}", "a fractional power of another number"),
+    ("8^{1/3}", "3", "a cube root is not any integer"),
+    ("(-4)^{1/2}", "2", "an even root of a negative number stays imaginary"),
+    ("1,000,2,000", "1000, 2000", "a tight list is ambiguous: its commas separate four items"),
+    ("1,2, 3,000", "1, 2, 3000", "bare commas also separate items here, so 3,000 stays two items"),
+    ("3{,}14", "3.14", "{,} before two digits is not a thousands separator (nor a decimal point)"),
 ]
 
 
@@ -378,9 +402,12 @@ REWARDS = [
     # (completion, gold, expected, why)
     ("so \\boxed{4}", "4", grading.REWARD_CORRECT, "boxed and verified"),
     ("so \\boxed{\\frac{8}{2}}", "4", grading.REWARD_CORRECT, "verified by math-verify, not by string"),
-    ("4 apples, so \\boxed{5}", "4", grading.REWARD_REFERENCE_PRESENT, "reference string appears"),
-    ("we get \\frac{1}{2} so \\boxed{2}", "\\frac{1}{2}", grading.REWARD_REFERENCE_PRESENT, "LaTeX reference appears"),
-    ("14 apples, so \\boxed{5}", "4", grading.REWARD_BOXED, "a digit inside another number is not the reference"),
+    ("so \\boxed{4 \\text{ or } 6}", "4", grading.REWARD_REFERENCE_PRESENT, "reference string appears in the answer"),
+    ("so \\boxed{\\frac{1}{2}\\pi}", "\\frac{1}{2}", grading.REWARD_REFERENCE_PRESENT, "LaTeX reference in the answer"),
+    ("4 apples, so \\boxed{5}", "4", grading.REWARD_BOXED,
+     "PAPER.md: the reference must appear in the answer; a mention elsewhere in the completion pays nothing"),
+    ("we get \\frac{1}{2} so \\boxed{2}", "\\frac{1}{2}", grading.REWARD_BOXED, "a LaTeX reference outside the box"),
+    ("so \\boxed{14}", "4", grading.REWARD_BOXED, "a digit inside another number is not the reference"),
     ("\\boxed{5}", "4", grading.REWARD_BOXED, "boxed but wrong"),
     ("the answer is 4", "4", grading.REWARD_NONE, "no box, even when right"),
     ("\\boxed{}", "4", grading.REWARD_NONE, "an empty box is no box"),
@@ -410,7 +437,7 @@ def test_hostile_completion_gets_no_reward_and_runs_nothing(fast_grader, tmp_pat
 
 def test_shaped_reward_is_strictly_ordered(grader):
     r = lambda c: grading.student_reward(c, "4", grader=grader)  # noqa: E731
-    assert r("\\boxed{4}") > r("4 apples, so \\boxed{5}") > r("\\boxed{5}") > r("4") == 0.0
+    assert r("\\boxed{4}") > r("\\boxed{4 \\text{ or } 5}") > r("\\boxed{5}") > r("4") == 0.0
 
 
 # ---------------------------------------------------------------- teacher output (rejection sampling)
