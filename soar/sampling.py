@@ -46,7 +46,9 @@ def encode_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:
         if isinstance(p, str):
             out.append(tokenizer(p, add_special_tokens=False)["input_ids"])
         elif p and isinstance(p[0], dict):
-            ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)
+            # a fixed date (the Llama-3 templates' own fallback): they otherwise write today's into the
+            # system turn ("Today Date"), so prompts, the fail@k set and resumes changed by the day
+            ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, date_string="26 Jul 2024")
             out.append(list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids))
         else:
             out.append(list(p))
