@@ -39,17 +39,17 @@ def rl_steps(steps: int, sequences_per_step: int, max_new_tokens: int, prompt: f
 
 def soar_work(cfg, *, prompt: float, teacher_prompt: float) -> Work:
     """One SOAR run (cfg resolved for its variant): per outer step, g*B datasets of n teacher
-    questions (sampled, then trained on), the baseline's greedy Q_R answers, and per dataset
-    either r inner loops each scored on Q_R (grounded) or intrinsic_samples answers per
-    question (intrinsic)."""
+    questions (sampled, then trained on), the baseline's greedy Q_R answers, and per dataset r
+    inner loops each scored on Q_R; the intrinsic variant also samples intrinsic_samples answers
+    per question for its reward. Its inner loops still run: the grounded gain decides its
+    promotions (soar.teacher.SoarRun.meta_step)."""
     sc, st, tc = cfg.soar, cfg.student, cfg.teacher
     datasets = sc.groups_per_step * sc.group_size
     step = rl_steps(1, datasets * sc.n, tc.max_new_tokens, teacher_prompt)  # teacher: propose, then update
     step += Work(sc.q_r * st.max_new_tokens)  # baseline score on Q_R
-    if sc.reward == "grounded":
-        inner = rl_steps(st.steps, st.questions_per_step * st.samples_per_question, st.max_new_tokens, prompt)
-        step += (inner + Work(sc.q_r * st.max_new_tokens)) * (datasets * sc.r)
-    else:
+    inner = rl_steps(st.steps, st.questions_per_step * st.samples_per_question, st.max_new_tokens, prompt)
+    step += (inner + Work(sc.q_r * st.max_new_tokens)) * (datasets * sc.r)
+    if sc.reward == "intrinsic":
         step += Work(datasets * sc.n * sc.intrinsic_samples * st.max_new_tokens)
     return step * sc.outer_steps
 

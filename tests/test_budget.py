@@ -38,10 +38,11 @@ def test_soar_counts_the_teacher_the_baseline_and_the_inner_loops(reward):
                teacher={"max_new_tokens": 20})
     teacher = (2 * 3 * 20, 2 * 3 * (T + 20))  # 2 datasets x 3 questions, sampled then trained on
     baseline = 5 * 10  # greedy Q_R answers of the baseline
-    if reward == "grounded":  # 4 students: 2 steps x 4 answers, trained on, then 5 Q_R answers each
-        sampled, trained = teacher[0] + baseline + 4 * (8 * 10 + 50), teacher[1] + 4 * 8 * (P + 10)
-    else:  # 4 answers per question of each dataset, no training
-        sampled, trained = teacher[0] + baseline + 2 * 3 * 4 * 10, teacher[1]
+    # 4 students: 2 steps x 4 answers, trained on, then 5 Q_R answers each (intrinsic too: its
+    # promotions follow the grounded gain, so it runs the inner loops)
+    sampled, trained = teacher[0] + baseline + 4 * (8 * 10 + 50), teacher[1] + 4 * 8 * (P + 10)
+    if reward == "intrinsic":  # and its reward: 4 answers per question of each dataset
+        sampled += 2 * 3 * 4 * 10
     w = budget.soar_work(cfg, prompt=P, teacher_prompt=T)
     assert (w.sampled, w.trained) == (2 * sampled, 2 * trained)
 
