@@ -64,8 +64,9 @@ def retrain_work(cfg, *, prompt: float) -> Work:
 
 
 def evaluated_checkpoints(cfg) -> int:
-    """Checkpoints a fresh student's test score averages: those of the window around a chosen
-    step in the middle of the run (the rule picks it from the rewards; the count rarely differs)."""
+    """Checkpoints a fresh student's test score averages: those of the window after a chosen
+    step in the middle of the run (the rule picks it from the rewards; the count differs only
+    near the end of a run)."""
     rc = cfg.retrain
     saved = checkpoint_steps(rc.steps, rc.eval_every)
     return len(window_checkpoints(saved, saved[len(saved) // 2], rc.window))

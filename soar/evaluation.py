@@ -23,7 +23,9 @@ LABELS = {"base": "Base model", "ps": "SOAR-PS", "hard_only": "Hard-Only", "hard
           "grounded_t-curriculum": "Grounded-T (curriculum)", "grounded_t-mixed": "Grounded-T (mixed)",
           "base_t-curriculum": "Base-T (curriculum)", "base_t-mixed": "Base-T (mixed)",
           "intrinsic_t-curriculum": "Intrinsic-T (curriculum)", "intrinsic_t-mixed": "Intrinsic-T (mixed)",
-          "oracle": "Oracle"}
+          "grounded_t_no_promotion-curriculum": "Grounded-T without promotion (curriculum)",
+          "grounded_t_no_promotion-mixed": "Grounded-T without promotion (mixed)",
+          "oracle": "Oracle", "oracle-128": "Oracle, 128 random real questions"}
 # PAPER.md, MATH fail@128 test, pass@k in % (Llama-3.2-3B-Instruct): the reference column of
 # results/tables/paper_vs_ours.md. Keyed by our method names.
 PAPER_MATH = {

@@ -4,13 +4,17 @@ which order, and which checkpoint counts.
 Every method is a fresh student trained from the base model with RLOO (`soar.student.rl_step`),
 with the same optimizer, step budget and seeds; methods differ only in their data:
   - `pq-*`: the Promotion Questions of the grounded SOAR run;
-  - `grounded_t-*`, `base_t-*`, `intrinsic_t-*`: N questions sampled from a teacher;
+  - `grounded_t-*`, `base_t-*`, `intrinsic_t-*`: N questions sampled from a teacher (the final
+    teacher of the grounded, intrinsic SOAR run; the untrained one); `grounded_t_no_promotion-*`:
+    the final teacher of the no_promotion SOAR run (the paper's "Grounded-T without promotion");
   - `hard_only`: the hard train split alone (`hard_only-g128`: 4x the group, the compute control);
   - `oracle`: the official train set of the pool's benchmark (MATH train for MATH) plus the hard
-    train split.
+    train split; `oracle-128`: N random questions of that train set instead (the paper's 128).
 and in their schedule: *curriculum* (the first `synthetic_steps` on the synthetic questions, then
-the hard train split, zero warmup) or *mixed* (one shuffled mixture of both).
-The checkpoint rule (`select_checkpoint`) is the one for every method.
+the hard train split) or *mixed* (one shuffled mixture of both). Warmup is 20 steps (paper) for
+every method but the PQ curriculum, which has none (PAPER.md Table 3).
+The checkpoint rule (`select_checkpoint`, on the hard-set part of the reward curve) is the one
+for every method; OlympiadBench students are read at step 50 instead (`READ_AT`).
 """
 
 from __future__ import annotations
@@ -36,20 +40,30 @@ from soar.teacher import sample_questions
 @dataclass(frozen=True)
 class Method:
     """data: where the non-hard questions come from (None: hard train split only);
-    schedule: curriculum | mixed | hard; group_factor: multiple of the RLOO group."""
+    schedule: curriculum | mixed | hard; group_factor: multiple of the RLOO group; warmup: False
+    for no warmup steps (the PQ curriculum); sample: train on a seeded sample of N
+    (retrain.questions) of the data's questions instead of all of them."""
 
     data: str | None
     schedule: str
     group_factor: int = 1
+    warmup: bool = True
+    sample: bool = False
 
 
-TEACHERS = {"grounded_t": "grounded", "intrinsic_t": "intrinsic", "base_t": None}  # data -> SOAR variant
+# data -> the SOAR variant whose final teacher samples the N questions (None: the untrained teacher)
+TEACHERS = {"grounded_t": "grounded", "intrinsic_t": "intrinsic", "base_t": None,
+            "grounded_t_no_promotion": "no_promotion"}
 METHODS = {
     **{f"{d}-{s}": Method(d, s) for d in ("pq", *TEACHERS) for s in ("curriculum", "mixed")},
+    "pq-curriculum": Method("pq", "curriculum", warmup=False),  # Table 3: 0 only for curriculum-PQ
     "hard_only": Method(None, "hard"),
     "hard_only-g128": Method(None, "hard", group_factor=4),
     "oracle": Method("oracle", "mixed"),
+    "oracle-128": Method("oracle", "mixed", sample=True),
 }
+# PAPER.md: OlympiadBench students are read at a fixed step (50), not by the checkpoint rule.
+READ_AT = {"olympiadbench": 50}
 # The official training set behind each hard pool, for the Oracle (PAPER.md: full MATH train).
 ORACLE_TRAIN = {"math_test": "math_train", "math500": "math_train", "gsm8k_test": "gsm8k_train",
                 "olympiadbench": "math_train"}
@@ -67,7 +81,7 @@ def run_config(name: str, cfg) -> dict:
     m, rc, sc = method(name), cfg.retrain, cfg.student
     return {"method": name, "data": m.data, "schedule": m.schedule,
             "samples_per_question": rc.samples_per_question * m.group_factor,
-            "warmup_steps": 0 if m.schedule == "curriculum" else rc.warmup_steps,
+            "warmup_steps": rc.warmup_steps if m.warmup else 0,
             "steps": rc.steps, "synthetic_steps": rc.synthetic_steps if m.schedule == "curriculum" else 0,
             "questions_per_step": rc.questions_per_step, "max_new_tokens": rc.max_new_tokens,
             "lr": sc.lr, "kl_coef": sc.kl_coef, "adapter": sc.adapter, "lora_r": sc.lora_r,
@@ -103,32 +117,65 @@ def checkpoint_steps(steps: int, every: int) -> list[int]:
     return sorted({s for s in range(every, steps + 1, every)} | {steps})
 
 
-def select_checkpoint(rewards: Sequence[float], *, smoothing: int, fraction: float) -> int:
-    """The paper's checkpoint rule, one for every method: smooth the per-step training reward
-    (trailing moving average of `smoothing` steps), take its slope, and return the number of
-    steps at which the plateau starts: the end of the first smoothing window, from the steepest
-    point on, after which the slope is below `fraction` of its maximum. A curve that never rises (max slope <= 0) or never flattens gives the
-    last step."""
+def centred_average(values: Sequence[float], smoothing: int) -> np.ndarray:
+    """Centred moving average: each step's value is the mean over the `smoothing // 2` steps on
+    either side of it and itself (fewer at the ends of the curve, where the window is cut). Unlike
+    a trailing average it does not lag, so a plateau is found where it starts."""
+    v = np.asarray(values, dtype=np.float64)
+    half, idx = max(0, smoothing // 2), np.arange(v.size)
+    lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, v.size)
+    total = np.concatenate([[0.0], np.cumsum(v)])
+    return (total[hi] - total[lo]) / (hi - lo)
+
+
+def select_checkpoint(rewards: Sequence[float], *, smoothing: int, fraction: float, synthetic_steps: int = 0) -> int:
+    """The paper's checkpoint rule, one for every method. A pure function of the per-step
+    training reward of one run (`rewards[0]` is step 1).
+
+    Only the hard-set part of the curve counts: a curriculum run's first `synthetic_steps` train
+    on the synthetic questions, whose reward ends in a cliff at the switch to the hard set; read
+    whole, the rule would stop there. On that part: smooth the reward (`centred_average`), take
+    its slope, and return the step where the plateau starts: the first step, from the steepest
+    rise on, whose slope is below `fraction` of the steepest. The slope at a step is the smoothed
+    reward's rise over the next `smoothing` steps, per step: a step-to-step difference of a
+    noisy RL reward is mostly noise (even smoothed), and would end the rise at its first dip.
+    Steps are counted over the whole run. A curve that never rises (max slope <= 0) or never
+    flattens, or a run too short to have a slope on the hard set, gives the last step."""
     r = np.asarray(rewards, dtype=np.float64)
     if r.size == 0:
         raise ValueError("select_checkpoint needs at least one step")
-    w = max(1, min(smoothing, r.size))
-    smooth = np.convolve(r, np.ones(w) / w, mode="valid")  # smooth[i] covers steps i .. i+w-1
-    slope = np.diff(smooth)
+    smooth = centred_average(r[synthetic_steps:], smoothing)
+    span = max(1, min(smoothing, smooth.size - 1))
+    slope = (smooth[span:] - smooth[:-span]) / span  # slope[i]: from hard step i+1 to i+1+span
     if slope.size == 0 or slope.max() <= 0:
         return int(r.size)
     peak = int(slope.argmax())
     for i in range(peak, slope.size):
         if slope[i] < fraction * slope[peak]:
-            return int(i + w)  # smooth[i] ends at step i + w (1-based); flat from there
+            return int(synthetic_steps + i + 1)  # flat from hard step i+1 on
     return int(r.size)
 
 
 def window_checkpoints(saved: Sequence[int], chosen: int, window: int) -> list[int]:
-    """The saved checkpoints whose test scores are averaged: those within window/2 steps of the
-    chosen step, or the nearest one when none is."""
-    inside = [s for s in saved if abs(s - chosen) <= window / 2]
-    return inside or [min(saved, key=lambda s: (abs(s - chosen), s))]
+    """The saved checkpoints whose test scores are averaged: those in the `window` steps from the
+    chosen step on (chosen <= s < chosen + window; paper: a 200-step window after the chosen
+    checkpoint), or else the first one saved at or after it (the last one when none is)."""
+    inside = [s for s in saved if chosen <= s < chosen + window]
+    later = [s for s in saved if s >= chosen]
+    return inside or [later[0] if later else max(saved)]
+
+
+def choose_checkpoints(rewards: Sequence[float], saved: Sequence[int], run: dict, rc, *,
+                       pool: str | None = None) -> tuple[int, list[int]]:
+    """(chosen step, the saved checkpoints whose test scores are averaged) of one run: the
+    checkpoint rule on its hard-set part and the window after it, or, for a pool in READ_AT, the
+    checkpoint at that step (the nearest saved one to it, capped at the run's length)."""
+    if pool in READ_AT:
+        step = min(READ_AT[pool], len(rewards))
+        return step, [min(saved, key=lambda s: (abs(s - step), s))]
+    chosen = select_checkpoint(rewards, smoothing=rc.smoothing, fraction=rc.slope_fraction,
+                               synthetic_steps=run["synthetic_steps"])
+    return chosen, window_checkpoints(saved, chosen, rc.window)
 
 
 def oracle_questions(hard_train: Sequence[Problem], official: Sequence[Problem], n: int | None,
@@ -168,21 +215,27 @@ def weights_digest(states: Sequence[dict[str, torch.Tensor]]) -> str:
 
 
 def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Problem], run: dict, cfg, *,
-                        seed: int, out, checkpoints, grader, progress: bool = True) -> dict:
+                        seed: int, out, checkpoints, grader, progress: bool = True, pool: str | None = None) -> dict:
     """Train one fresh student from the base model on the method's schedule; log every step
     (with the ids of its questions, so the schedule can be read back) to out/metrics.jsonl, save
-    the adapter at checkpoint_steps to checkpoints/step_XXXXXX.pt, and choose the checkpoint.
-    A finished run with the same fingerprint whose checkpoints exist is returned from
-    out/metrics.json untouched.
+    the adapter at checkpoint_steps to checkpoints/step_XXXXXX.pt, and choose the checkpoint
+    (`choose_checkpoints`; pool: the hard set's pool, for READ_AT). A finished run with the same
+    fingerprint whose checkpoints exist is not trained again: the choice is made anew from its
+    logged rewards (the rule and its knobs may have changed) and out/metrics.json rewritten only
+    if it changed.
 
     cfg: Config (student: KL, temperature, clipping; generation; retrain: the rule)."""
     plan = schedule(synthetic, hard, run, seed=seed)
     fp = run_fingerprint(run, seed, [q for b in plan for q in b])
-    done = out / "metrics.json"
+    done, rc = out / "metrics.json", cfg.retrain
     if done.exists():  # finished before, and its checkpoints are still here (not in git): skip
         old = data.read_json(done)
-        if old.get("fingerprint") == fp and all((checkpoints / f"step_{s:06d}.pt").exists()
-                                                for s in old["eval_checkpoints"]):
+        if old.get("fingerprint") == fp and all((checkpoints / f"step_{s:06d}.pt").exists() for s in old["saved"]):
+            rewards = [row["student/reward_mean"] for row in tracking.read_log(out / "metrics.jsonl")]
+            chosen, window = choose_checkpoints(rewards, old["saved"], run, rc, pool=pool)
+            if (old["chosen_step"], old["eval_checkpoints"]) != (chosen, window):
+                old = dict(old, chosen_step=chosen, eval_checkpoints=window)
+                data.write_json(done, old)
             return old
     synthetic_ids = {q.id for q in synthetic}
     start = time.perf_counter()
@@ -202,10 +255,9 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
         if step in saved:
             checkpoints.mkdir(parents=True, exist_ok=True)
             torch.save(policy.state(), checkpoints / f"step_{step:06d}.pt")
-    rc = cfg.retrain
-    chosen = select_checkpoint(rewards, smoothing=rc.smoothing, fraction=rc.slope_fraction)
+    chosen, window = choose_checkpoints(rewards, saved, run, rc, pool=pool)
     result = {"fingerprint": fp, "method": run["method"], "rng_seed": seed, "steps": len(rewards),
-              "saved": saved, "chosen_step": chosen, "eval_checkpoints": window_checkpoints(saved, chosen, rc.window),
+              "saved": saved, "chosen_step": chosen, "eval_checkpoints": window,
               "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1], "run": run,
               "wall_s": time.perf_counter() - start}
     data.write_json(done, result)  # last, atomically: its presence means the run is complete
@@ -237,7 +289,9 @@ def soar_files(variant: str, seed: int) -> tuple[Path, Path]:
 
 def load_sources(cfg, *, grader) -> dict[str, list[Problem]]:
     """The non-hard questions each method needs (only those of cfg.retrain.methods): PQ of the
-    grounded run, N questions of each teacher, and the official train set for the Oracle."""
+    grounded run and N questions of each teacher: the final teacher of its SOAR variant's run
+    (TEACHERS; no_promotion for Grounded-T without promotion), or the untrained one for Base-T.
+    The Oracle's real questions come with each pool (`hard_and_oracle`)."""
     rc, needed = cfg.retrain, {method(m).data for m in cfg.retrain.methods} - {None}
     sources: dict[str, list[Problem]] = {}
     if "pq" in needed:
@@ -274,9 +328,11 @@ def train_all(cfg, student, sources: dict[str, list[Problem]], *, grader) -> lis
     for pool, name, seed in tqdm(jobs, desc="fresh students"):
         run, (hard, oracle) = run_config(name, cfg), pools[pool]
         synthetic = oracle if run["data"] == "oracle" else sources.get(run["data"], [])
+        if method(name).sample:  # oracle-128: N random real questions, the same for every seed
+            synthetic = oracle_questions(hard, synthetic, rc.questions, seed=seed_from(cfg.seed, 12))
         where = paths.retrain_run(pool, name, seed)
         res = train_fresh_student(student, synthetic, hard, run, cfg, seed=seed_from(cfg.seed, seed),
-                                  out=paths.stage_dir("retrain", where),
+                                  out=paths.stage_dir("retrain", where), pool=pool,
                                   checkpoints=paths.run_checkpoint("retrain", where), grader=grader, progress=False)
         results.append({"pool": pool, "seed": seed, **res})
     return results
@@ -295,19 +351,15 @@ def test_sets(cfg) -> dict[str, tuple[str, list[Problem]]]:
     return sets
 
 
-def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[int, list[dict]]]]:
+def evaluate_all(cfg, student, promoted: PromotedStudent, *, grader) -> dict[str, dict[str, dict[int, list[dict]]]]:
     """Sample evaluate.n_samples answers per test problem from every model of the main table:
-    the base model and the Promoted Student (`promoted`, a Policy whose base holds the
-    promotions) once per seed, and every fresh student at the checkpoints of its window. Writes
-    paths.eval_samples files (skipped when already written with the same fingerprint) and
-    returns {benchmark: {model: {seed: records}}}."""
+    the base model and the Promoted Student (`promoted_student`) once per seed, and every fresh
+    student at the checkpoints of its window. Writes paths.eval_samples files (skipped when
+    already written with the same fingerprint) and returns {benchmark: {model: {seed: records}}}."""
     ec, rc, out = cfg.evaluate, cfg.retrain, {}
     settings = {k: v for k, v in config.to_dict(ec).items() if k != "n_boot"} | {"model": cfg.model.name}
-    # what each model is, by its weights: the PS's promotions, a fresh student's checkpoints. The
-    # SOAR state also holds the teacher and its optimizer (paper size: tens of GB): mmap, read only
-    # the promotions
-    state = torch.load(soar_files("grounded", rc.soar_seed)[1], map_location="cpu", mmap=True, weights_only=False)
-    ps_tag = weights_digest([p["state"] for p in state.promotions])
+    # what each model is, by its weights: the PS's promotions, a fresh student's checkpoints
+    ps_tag = promoted.digest
     digests: dict[Path, str] = {}  # each checkpoint read once, one at a time (paper size: GBs each)
 
     def weights_of(ckpts: list[Path]) -> str:
@@ -319,7 +371,8 @@ def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[
     jobs = []
     for bench, (pool, problems) in test_sets(cfg).items():
         for seed in rc.seeds:
-            jobs += [(bench, problems, BASE, seed, student, [None], ""), (bench, problems, PS, seed, promoted, [None], ps_tag)]
+            jobs += [(bench, problems, BASE, seed, student, [None], ""),
+                     (bench, problems, PS, seed, promoted.policy, [None], ps_tag)]
             for m in rc.methods:
                 where = paths.retrain_run(pool, m, seed)
                 done = data.read_json(paths.stage_dir("retrain", where) / "metrics.json")
@@ -350,11 +403,47 @@ def evaluate_all(cfg, student, promoted, *, grader) -> dict[str, dict[str, dict[
     return out
 
 
-def promoted_student(cfg) -> object:
-    """The Promoted Student (PS): the base model with every promotion of the grounded SOAR run
-    merged in, as it is (it never trains on real hard problems)."""
-    _, state_file = soar_files("grounded", cfg.retrain.soar_seed)
-    policy = load_policy(cfg.model, cfg.student)
-    for p in torch.load(state_file, weights_only=False).promotions:
+@dataclass
+class PromotedStudent:
+    """The PS row's model. policy: the base model with the first `promotions` promotions of the
+    grounded SOAR run merged in; d_train_scores: the greedy score on D_train of each promoted
+    student (after promotion 1, 2, ...), which chose it; digest: its weights' hash (the merged
+    promotions), which keys its evaluation."""
+
+    policy: object
+    promotions: int
+    d_train_scores: list[float]
+    digest: str
+
+
+def best_promotion(scores: Sequence[float]) -> int:
+    """How many promotions the PS holds: the promoted student (1-based) with the best greedy
+    score on D_train; on ties the later one (the more taught); 0 when nothing was promoted."""
+    return max(range(len(scores)), key=lambda j: (scores[j], j)) + 1 if scores else 0
+
+
+def promoted_student(cfg, *, grader=None) -> PromotedStudent:
+    """The Promoted Student (PS; PAPER.md): of the students the grounded SOAR run promoted, the
+    one with the best greedy accuracy on D_train (soar.teacher.q_r_score on the whole of D_train,
+    so the profile's soar.reward_metric), as it is: it never trains on real hard problems. The
+    promoted student after promotion j is the base with promotions 1..j merged in. The base model
+    when the run never promoted."""
+    from soar.grading import default_grader
+    from soar.teacher import q_r_score, reward_pool
+
+    grader = grader or default_grader()
+    # the state also holds the teacher and its optimizer (paper size: tens of GB): mmap, read only
+    # the promotions
+    state = torch.load(soar_files("grounded", cfg.retrain.soar_seed)[1], map_location="cpu", mmap=True,
+                       weights_only=False)
+    promotions, d_train = state.promotions, reward_pool(cfg)
+    policy, scores = load_policy(cfg.model, cfg.student), []
+    for p in promotions:  # each promoted student in turn: merge the next promotion, score it
         policy.merge(p["state"])
-    return policy
+        scores.append(q_r_score(policy.model, policy.tokenizer, d_train, cfg, grader=grader))
+    best = best_promotion(scores)
+    if best < len(promotions):  # an earlier one is better: merge its promotions into a fresh base
+        policy = load_policy(cfg.model, cfg.student)
+        for p in promotions[:best]:
+            policy.merge(p["state"])
+    return PromotedStudent(policy, best, scores, weights_digest([p["state"] for p in promotions[:best]]))

@@ -24,8 +24,8 @@ def test_evaluate_counts_models_seeds_and_the_window_checkpoints():
     cfg = _cfg(retrain={"methods": ["hard_only", "oracle"], "seeds": [0, 1, 2], "steps": 8, "eval_every": 2,
                         "window": 4},
                evaluate={"n_samples": 4, "max_new_tokens": 10})
-    assert budget.evaluated_checkpoints(cfg) == 3  # saved 2, 4, 6, 8; the window around 6 holds 4, 6, 8
-    models = 2 + 2 * 3  # base and PS once, each fresh student at 3 checkpoints
+    assert budget.evaluated_checkpoints(cfg) == 2  # saved 2, 4, 6, 8; the window [6, 10) holds 6, 8
+    models = 2 + 2 * 2  # base and PS once, each fresh student at 2 checkpoints
     w = budget.evaluate_work(cfg, {"a": 5, "b": 3})
     assert (w.sampled, w.trained) == (8 * 4 * 10 * models * 3, 0)
 

@@ -61,6 +61,16 @@ def test_oracle_and_pq_runs_differ_only_in_their_data():
     assert curriculum["warmup_steps"] == 0 and curriculum["synthetic_steps"] == 64 and pq["warmup_steps"] == 20
 
 
+@pytest.mark.parametrize("name, warmup", [
+    ("pq-curriculum", 0),  # Table 3: "0 in the inner loop and curriculum-PQ evaluation"
+    ("pq-mixed", 20), ("grounded_t-curriculum", 20), ("base_t-curriculum", 20), ("intrinsic_t-curriculum", 20),
+    ("grounded_t_no_promotion-curriculum", 20), ("hard_only", 20), ("hard_only-g128", 20), ("oracle", 20),
+    ("oracle-128", 20),  # "20 otherwise"
+])
+def test_warmup_is_zero_only_for_the_pq_curriculum(name, warmup):
+    assert retrain.run_config(name, config.load("params.yaml", {"profile": "paper"}))["warmup_steps"] == warmup
+
+
 @pytest.mark.parametrize("rewards,smoothing,expected", [
     ([0.0, 0.1, 0.3, 0.6, 0.65, 0.66, 0.66], 1, 5),  # steepest 0.3->0.6; 0.05 is not < 0.045, 0.01 is
     ([0.0, 0.5, 0.52, 0.52, 0.52], 1, 2),  # the plateau starts at step 2: then 0.02 < 0.15 * 0.5
@@ -73,10 +83,51 @@ def test_checkpoint_rule(rewards, smoothing, expected):
     assert retrain.select_checkpoint(rewards, smoothing=smoothing, fraction=0.15) == expected
 
 
+def curriculum_curve(noise=0.0, seed=0):
+    """A curriculum run's reward, paper-profile shape: 64 synthetic steps rising from 0.2 to 0.7,
+    a cliff at the switch to the hard set (0.02), then a slow rise to a plateau near 0.27 over
+    1436 hard steps (time constant 150 steps: the slope is 15% of its start after ~285 steps)."""
+    t = np.arange(1500 - 64)
+    hard = 0.02 + 0.25 * (1 - np.exp(-t / 150))
+    return np.concatenate([np.linspace(0.2, 0.7, 64), hard]) + np.random.default_rng(seed).normal(0, noise, 1500)
+
+
+def test_checkpoint_rule_reads_a_curriculum_run_on_its_hard_part():
+    """Read whole, the curve's steepest rise is in the synthetic steps and its cliff ends it: the
+    rule stopped at or before step 64. On the hard part, it finds the late plateau."""
+    rule = dict(smoothing=20, fraction=0.15)
+    assert retrain.select_checkpoint(curriculum_curve(), **rule) <= 64  # the old reading
+    chosen = retrain.select_checkpoint(curriculum_curve(), synthetic_steps=64, **rule)
+    assert 64 + 250 <= chosen <= 64 + 320  # the plateau: the slope below 15% of its start (noiseless: step 360)
+    for seed in range(5):  # an RL reward is noisy: still after the cliff, on the way up or later
+        assert retrain.select_checkpoint(curriculum_curve(0.02, seed), synthetic_steps=64, **rule) > 64 + 100
+    assert retrain.select_checkpoint([0.1, 0.5, 0.9, 0.0], synthetic_steps=4, **rule) == 4  # no hard part: the last
+    assert retrain.select_checkpoint([0.9, 0.0, 0.5, 1.0, 1.0], synthetic_steps=1, smoothing=1, fraction=0.15) == 4
+
+
+def test_centred_average_does_not_lag():
+    assert retrain.centred_average([0, 0, 3, 0, 0], 2).tolist() == [0, 1, 1, 1, 0]  # the spike stays centred
+    assert retrain.centred_average([1, 2, 3], 1).tolist() == [1, 2, 3]
+
+
 def test_checkpoint_window():
     assert retrain.checkpoint_steps(10, 4) == [4, 8, 10]
-    assert retrain.window_checkpoints([50, 100, 150, 200, 250], 160, 200) == [100, 150, 200, 250]
-    assert retrain.window_checkpoints([2, 4], 3, 0) == [2]  # none inside: the nearest (earlier on ties)
+    # the 200 steps from the chosen step on (paper: the test averaged over the window after it)
+    assert retrain.window_checkpoints([50, 100, 150, 200, 250, 300, 350, 400], 160, 200) == [200, 250, 300, 350]
+    assert retrain.window_checkpoints([50, 100, 150, 200, 250, 300, 350, 400], 150, 200) == [150, 200, 250, 300]
+    assert retrain.window_checkpoints([2, 4], 3, 0) == [4]  # none inside: the first one after
+    assert retrain.window_checkpoints([2, 4], 5, 0) == [4]  # none after: the last
+
+
+def test_olympiadbench_students_are_read_at_step_50_and_others_by_the_rule():
+    cfg = config.load("params.yaml", {"profile": "paper"})
+    run, rc = retrain.run_config("pq-curriculum", cfg), cfg.retrain
+    saved = retrain.checkpoint_steps(rc.steps, rc.eval_every)
+    rewards = curriculum_curve().tolist()
+    assert retrain.choose_checkpoints(rewards, saved, run, rc, pool="olympiadbench") == (50, [50])
+    chosen, window = retrain.choose_checkpoints(rewards, saved, run, rc, pool="math_test")
+    assert chosen > 64 and window == [s for s in saved if chosen <= s < chosen + 200] and len(window) == 4
+    assert retrain.choose_checkpoints([0.0] * 20, [10, 20], run, rc, pool="olympiadbench") == (20, [20])  # a short run
 
 
 def _records(counts, n=4, checkpoint=None):
@@ -154,6 +205,10 @@ def test_fresh_student_logs_its_schedule_saves_checkpoints_and_is_not_retrained(
     mtime = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
     assert retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw) == res  # skipped, not retrained
     assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == mtime
+    # a skipped run is read anew (the rule or the pool's reading may have changed since)
+    again = retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw, pool="olympiadbench")
+    assert (again["chosen_step"], again["eval_checkpoints"]) == (2, [2])  # READ_AT 50, capped at the run's 2 steps
+    assert again["fingerprint"] == res["fingerprint"] and again["wall_s"] == res["wall_s"]  # not retrained
 
 
 def test_weights_digest_follows_the_values_not_the_objects(tmp_path):
@@ -206,3 +261,88 @@ def test_a_second_pool_is_out_of_distribution_and_extra_benchmarks_test_the_firs
         "math_test": "math_test", "olympiadbench": "olympiadbench", "aime24": "math_test", "amc23": "math_test"}
     assert all(p.id.startswith("olympiadbench/test/") for p in sets["olympiadbench"][1])
     assert all(len(problems) == 2 for _, problems in sets.values())  # evaluate.limit
+
+
+def _toy_project(tmp_path, monkeypatch, pools=("gsm8k_test",)):
+    """A scratch project (cwd) with the raw data and models linked in and toy hard splits."""
+    from pathlib import Path
+
+    from soar import data, paths
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/raw").symlink_to(root / "data/raw")
+    (tmp_path / "models").symlink_to(root / "models")
+    for pool in pools:
+        for split in ("train", "test"):
+            data.write_jsonl(paths.hard_split(pool, split),
+                             [Problem(f"{pool}/{split}/{i}", f"What is {i} + 2?", str(i + 2)) for i in range(3)])
+    return root
+
+
+def test_oracle_128_trains_on_n_random_real_questions_the_same_for_every_seed(tmp_path, monkeypatch):
+    root = _toy_project(tmp_path, monkeypatch)
+    cfg = config.load(root / "params.yaml", {"retrain": {"methods": ["oracle", "oracle-128"], "seeds": [0, 1],
+                                                         "questions": 5}})
+    seen = {}
+    monkeypatch.setattr(retrain, "train_fresh_student",
+                        lambda policy, synthetic, hard, run, cfg, **kw: seen.setdefault((run["method"], kw["seed"]), synthetic) and {})
+    retrain.train_all(cfg, None, {}, grader=None)
+    full, sample = seen["oracle", retrain.seed_from(cfg.seed, 0)], seen["oracle-128", retrain.seed_from(cfg.seed, 0)]
+    assert len(sample) == 5 and {p.id for p in sample} < {p.id for p in full} and len(full) > 1000  # GSM8K train
+    assert [p.id for p in seen["oracle-128", retrain.seed_from(cfg.seed, 1)]] == [p.id for p in sample]
+
+
+def test_grounded_t_without_promotion_learns_from_the_no_promotion_runs_final_teacher(tmp_path, monkeypatch):
+    from soar import data, paths
+
+    root = _toy_project(tmp_path, monkeypatch)
+    for variant, answer in (("grounded", "1"), ("no_promotion", "2")):
+        name = paths.soar_run(variant, 0)
+        data.write_json(paths.stage_dir("soar", name) / "metrics.json", {})
+        data.write_jsonl(paths.stage_dir("soar", name) / "questions.jsonl", [Problem(f"{variant}/q", "Q?", answer)])
+        paths.run_checkpoint("soar", name).mkdir(parents=True)
+        (paths.run_checkpoint("soar", name) / "state.pt").write_bytes(b"")
+    cfg = config.load(root / "params.yaml", {"retrain": {"methods": ["grounded_t-curriculum",
+                                                                     "grounded_t_no_promotion-curriculum"]}})
+    sources = retrain.load_sources(cfg, grader=None)
+    assert [p.id for p in sources["grounded_t_no_promotion"]] == ["no_promotion/q"]
+    assert [p.id for p in sources["grounded_t"]] == ["grounded/q"]
+    assert evaluation.LABELS["grounded_t_no_promotion-curriculum"] == "Grounded-T without promotion (curriculum)"
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([0.1, 0.3, 0.2], 2),  # the best on D_train, not the last
+    ([0.1, 0.2, 0.3], 3),  # the last when it is the best
+    ([0.2, 0.2], 2),  # ties: the later, more taught one
+    ([], 0),  # never promoted: the base model
+])
+def test_best_promotion(scores, expected):
+    assert retrain.best_promotion(scores) == expected
+
+
+def test_promoted_student_is_the_promoted_student_best_on_d_train(tmp_path, monkeypatch):
+    """Three promotions scoring 0.1, 0.3, 0.2 greedily on D_train: the PS holds the first two."""
+    import torch
+
+    from soar import data, paths, teacher
+    from soar.teacher import SoarState
+
+    root = _toy_project(tmp_path, monkeypatch)
+    cfg = config.load(root / "params.yaml", {"student": {"lora_r": 4, "lora_alpha": 8}})
+    student = Policy(*load_model("smollm2-135m-instruct", device="cpu"), adapter="lora", lora_r=4, lora_alpha=8)
+    promotions = []
+    for k in range(3):  # distinct adapters (B != 0), small enough to leave the model sane
+        student.reset(seed=k)
+        promotions.append({"step": k, "state": {n: t + 1e-4 * (k + 1) for n, t in student.state().items()},
+                           "problems": []})
+    name = paths.soar_run("grounded", 0)
+    data.write_json(paths.stage_dir("soar", name) / "metrics.json", {})
+    paths.run_checkpoint("soar", name).mkdir(parents=True)
+    torch.save(SoarState(promotions=promotions), paths.run_checkpoint("soar", name) / "state.pt")
+    scores = iter([0.1, 0.3, 0.2])
+    monkeypatch.setattr(teacher, "q_r_score", lambda model, tok, q_r, cfg, *, grader: next(scores))
+    ps = retrain.promoted_student(cfg, grader=None)
+    assert (ps.promotions, ps.d_train_scores) == (2, [0.1, 0.3, 0.2])
+    assert ps.digest == retrain.weights_digest([p["state"] for p in promotions[:2]])
