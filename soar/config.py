@@ -19,6 +19,9 @@ from typing import Any
 import yaml
 
 
+BASE_PROFILE = "tiny"  # the profile that is params.yaml itself
+
+
 class ConfigError(ValueError):
     """A params file has an unknown key or a value of the wrong type."""
 
@@ -32,6 +35,26 @@ class ModelConfig:
     """auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16."""
     device: str = "auto"
     """auto (cuda if available) | cpu | cuda | cuda:N."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The laptop world's base model, trained from scratch (pretrain stage; soar.addition)."""
+
+    steps: int = 1200
+    """AdamW steps (batch `batch`, linear warmup 50 steps, then cosine)."""
+    batch: int = 128
+    """Corpus examples per step."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    student_levels: tuple[float, ...] = (0.45, 0.35, 0.20)
+    """Share of each level (number of carries) among the solved student examples; levels past
+    the list never appear solved, so the base model fails them (the hard sets)."""
+    teacher_share: float = 0.3
+    """Share of teacher examples: a question of a uniformly drawn level with its answer."""
+    solved_up_to: int = 2
+    """Highest level whose answer the teacher corpus writes correctly; above it the carries are
+    dropped (the answer a beginner writes)."""
 
 
 @dataclass(frozen=True)
@@ -290,11 +313,13 @@ class RunsConfig:
 
 @dataclass(frozen=True)
 class Config:
-    profile: str = "tiny"
-    """Overlay in profiles/<profile>.yaml: tiny (CPU default) | smoke (CI) | paper (Table 3)."""
+    profile: str = BASE_PROFILE
+    """tiny (params.yaml itself: SmolLM2-135M on GSM8K) | an overlay in profiles/<profile>.yaml
+    (which may `extends:` another): smoke (CI) | paper (Table 3) | addition (the laptop world)."""
     seed: int = 0
     """Root seed; every other seed is derived from it with soar.data.seed_from."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     grading: GradingConfig = field(default_factory=GradingConfig)
     fail_at_k: FailAtKConfig = field(default_factory=FailAtKConfig)
@@ -396,6 +421,27 @@ def from_dict(data: dict, *, where: str = "params") -> Config:
     return cfg
 
 
+def _profile_layer(root: Path, profile: str, *, chain: tuple[str, ...]) -> dict:
+    """The overlay of `profile`: profiles/<profile>.yaml on top of the profile it `extends`
+    (default: params.yaml itself, the base profile)."""
+    if profile == BASE_PROFILE:
+        return {}
+    overlay = root / "profiles" / f"{profile}.yaml"
+    if profile in chain:
+        raise ConfigError(f"{overlay}: profiles extend each other in a cycle: {' -> '.join(chain + (profile,))}")
+    if not overlay.exists():
+        raise ConfigError(f"profile {profile!r} has no file {overlay}")
+    try:
+        layer = yaml.safe_load(overlay.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{overlay}: invalid YAML: {e}") from e
+    for key in ("runs", "sweep", "profile"):  # dvc.yaml expands its matrices from params.yaml alone
+        if key in layer:
+            raise ConfigError(f"{overlay}: `{key}` is read from params.yaml only; set it there")
+    parent = layer.pop("extends", BASE_PROFILE)
+    return _merge(_profile_layer(root, parent, chain=chain + (profile,)), layer)
+
+
 def load(path: str | Path = "params.yaml", overrides: dict | None = None, *, variant: str | None = None) -> Config:
     """Read params.yaml, apply its profile overlay, then the named variant's overrides, then
     `overrides` (papermill sweeps). Later layers win."""
@@ -407,16 +453,8 @@ def load(path: str | Path = "params.yaml", overrides: dict | None = None, *, var
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at top level")
     data = _merge(data, overrides or {})
-    profile = data.get("profile", "tiny")
-    overlay = path.parent / "profiles" / f"{profile}.yaml"
-    if profile != "tiny":
-        if not overlay.exists():
-            raise ConfigError(f"{path}: profile {profile!r} has no file {overlay}")
-        layer = yaml.safe_load(overlay.read_text()) or {}
-        for key in ("runs", "sweep"):  # dvc.yaml expands its matrices from params.yaml alone
-            if key in layer:
-                raise ConfigError(f"{overlay}: `{key}` is read by dvc.yaml from params.yaml only; set it there")
-        data = _merge(data, layer)
+    profile = data.get("profile", BASE_PROFILE)
+    data = _merge(data, _profile_layer(path.parent, profile, chain=()))
     if variant is not None:
         variants = data.get("variants") or {}
         if variant not in variants:

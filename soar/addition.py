@@ -1,0 +1,303 @@
+"""The addition world: a laptop-scale SOAR world where stepping stones can be measured in minutes.
+
+What it is. Problems are additions of two 4-digit numbers written least-significant digit first
+("reversed" notation, as in Lee et al. 2023, so a small transformer can emit each digit after the
+digits it depends on): `4321+8765` means 1234 + 5678 and its answer is `2196` (6912 reversed).
+A problem's *level* is its number of carries, 0..4: the difficulty ladder. The model is a
+~1M-parameter Llama trained from scratch by the `pretrain` stage on a corpus in which
+- as a *student* it sees solved problems of levels 0..2 only, with the higher levels rarer, so it
+  solves the easy levels, is partial on the middle one and fails levels 3-4 (the hard set);
+- as a *teacher* it writes question-answer pairs of every level (its latent capacity), with correct
+  answers up to level 2 and, above, the answer a beginner writes when ignoring carries.
+SOAR's questions can then be asked exactly: does a teacher trained on the student's gain learn to
+write the middle levels (with correct answers), and do those lift the hard levels from 0?
+
+What this module owns: the seeded problem family and its pools, the tokenizer (a real
+`transformers` fast tokenizer whose chat template reads the SOAR student and teacher prompts of
+soar.prompts, unchanged), the model config, the pretraining corpus and loop, and the exact
+question analysis (well-posedness by a parser, correctness by computing the sum; no eval).
+The rest of the pipeline (registry, sampling, grading, RLOO, stages) is the same code as for the
+paper's models: the registry resolves `addition` like any other model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from soar import paths, prompts
+from soar.data import Problem, seed_from
+
+NAME = "addition"  # the registry name of this world's model (models/addition, made by `pretrain`)
+DIGITS = 4  # operand length
+LEVELS = tuple(range(DIGITS + 1))  # number of carries
+POOLS = {"addition_test": 0, "addition_train": 1}  # pool name -> generator stream (disjoint seeds)
+POOL_SIZE = {"addition_test": 400, "addition_train": 2000}
+
+# Tokens: every character the world writes, the SOAR tags as single tokens, and the chat roles.
+TAGS = ("<question>", "</question>", "<answer>", "</answer>", "\\boxed{")
+CHARS = tuple("0123456789+}")
+SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<solve>", "<teach>", "<sep>")
+
+
+# ---------------------------------------------------------------- the problem family
+
+
+def rev(n: int) -> str:
+    """n written least-significant digit first."""
+    return str(n)[::-1]
+
+
+def carries(a: int, b: int) -> int:
+    """Number of carries of the column addition a + b."""
+    count, carry = 0, 0
+    while a or b:
+        carry = int(a % 10 + b % 10 + carry >= 10)
+        count += carry
+        a, b = a // 10, b // 10
+    return count
+
+
+def make_problem(rng: random.Random, level: int, *, digits: int = DIGITS) -> tuple[int, int]:
+    """Two `digits`-digit numbers whose addition has exactly `level` carries, uniform among those
+    with a seeded carry pattern: which columns carry is drawn first, then each column's digit
+    pair uniformly among the pairs that give that column's carry-out. The units column never sums
+    to a multiple of 10, so no answer starts with 0 (math-verify reads `021` and `21` alike)."""
+    pattern = [1] * level + [0] * (digits - level)
+    rng.shuffle(pattern)
+    a = b = 0
+    carry_in = 0
+    for i, carry_out in enumerate(pattern):
+        pairs = [(x, y) for x in range(10) for y in range(10)
+                 if int(x + y + carry_in >= 10) == carry_out
+                 and (i < digits - 1 or (x and y))  # leading digits nonzero: exactly `digits` digits
+                 and (i > 0 or (x + y) % 10)]
+        x, y = rng.choice(pairs)
+        a, b = a + x * 10**i, b + y * 10**i
+        carry_in = carry_out
+    return a, b
+
+
+def problem(a: int, b: int, pid: str) -> Problem:
+    return Problem(id=pid, problem=f"{rev(a)}+{rev(b)}", answer=rev(a + b),
+                   metadata={"level": carries(a, b), "source": "addition"})
+
+
+def pool(name: str, *, seed: int = 0) -> list[Problem]:
+    """A seeded pool, uniform over levels: addition_test (fail@k's pool, the hard sets come from
+    it) or addition_train (real questions for the Oracle); disjoint by construction (streams)."""
+    if name not in POOLS:
+        raise ValueError(f"unknown addition pool {name!r}; known: {sorted(POOLS)}")
+    rng = random.Random(seed_from(seed, POOLS[name]))
+    seen, out = set(), []
+    while len(out) < POOL_SIZE[name]:
+        level = LEVELS[len(out) % len(LEVELS)]
+        a, b = make_problem(rng, level)
+        if (a, b) not in seen:
+            seen.add((a, b))
+            out.append(problem(a, b, f"{name}/{len(out):05d}"))
+    return out
+
+
+# ---------------------------------------------------------------- exact question analysis
+
+QUESTION = re.compile(r"^([0-9]{1,8})\+([0-9]{1,8})$")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a teacher question is, read exactly: well-posed (an addition of two numbers in the
+    world's notation), its level, and whether the teacher's answer is the sum."""
+
+    well_posed: bool
+    level: int | None
+    correct: bool | None
+    digits: tuple[int, int] | None
+
+
+def read(question: str, answer: str | None) -> Reading:
+    m = QUESTION.match(question.strip())
+    if not m:
+        return Reading(False, None, None, None)
+    a, b = int(m.group(1)[::-1]), int(m.group(2)[::-1])
+    ok = answer is not None and answer.strip() == rev(a + b)
+    return Reading(True, carries(a, b), ok, (len(m.group(1)), len(m.group(2))))
+
+
+def beginner_answer(a: int, b: int) -> int:
+    """The sum with every carry dropped (column sums mod 10): the teacher corpus's answer above
+    the levels the model is taught to solve."""
+    out, i = 0, 0
+    while a or b:
+        out += ((a % 10 + b % 10) % 10) * 10**i
+        a, b, i = a // 10, b // 10, i + 1
+    return out
+
+
+# ---------------------------------------------------------------- tokenizer and model
+
+
+def _literal(s: str) -> str:
+    return json.dumps(s)  # a Jinja string literal (same escapes as JSON)
+
+
+def chat_template() -> str:
+    """Reads exactly the two SOAR prompts of soar.prompts: the student prompt becomes
+    `<s><solve>PROBLEM<sep>`, the teacher prompt `<s><teach><sep>`. Anything else (the judge prompt,
+    a one-shot teacher prompt) is an error: this model was never taught to read it."""
+    prefix, suffix = prompts.STUDENT_TEMPLATE.split("{problem}")
+    prefix = prefix.replace("{{", "{").replace("}}", "}")
+    return (
+        "{%- set m = messages[-1]['content'] -%}"
+        f"{{%- if messages|length == 1 and m.startswith({_literal(prefix)}) and m.endswith({_literal(suffix)}) -%}}"
+        f"<s><solve>{{{{ m[{len(prefix)}:m|length - {len(suffix)}] }}}}<sep>"
+        f"{{%- elif messages|length == 1 and m == {_literal(prompts.TEACHER_PROMPT)} -%}}"
+        "<s><teach><sep>"
+        "{%- else -%}"
+        "{{ raise_exception('the addition world reads only the SOAR student prompt and the teacher "
+        "prompt without the one-shot example') }}"
+        "{%- endif -%}"
+    )
+
+
+def build_tokenizer():
+    """A `PreTrainedTokenizerFast`: one token per character, the SOAR tags and roles as tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL + TAGS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")  # one piece per character
+    tok.decoder = decoders.Fuse()
+    tok.add_tokens(list(TAGS))  # matched before the character split
+    tok.add_special_tokens(list(SPECIAL))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>",
+                                   additional_special_tokens=["<solve>", "<teach>", "<sep>"])
+    fast.chat_template = chat_template()
+    fast.padding_side = "left"
+    return fast
+
+
+def model_config(tokenizer, *, hidden: int = 128, layers: int = 4, heads: int = 4):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=96, tie_word_embeddings=True,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+
+
+# ---------------------------------------------------------------- pretraining corpus and loop
+
+
+def _student_text(a: int, b: int) -> tuple[str, str]:
+    return f"<s><solve>{rev(a)}+{rev(b)}<sep>", f"\\boxed{{{rev(a + b)}}}</s>"
+
+
+def _teacher_text(a: int, b: int, level: int, c) -> tuple[str, str]:
+    ans = a + b if level <= c.solved_up_to else beginner_answer(a, b)
+    return "<s><teach><sep>", f"<question>{rev(a)}+{rev(b)}</question><answer>\\boxed{{{rev(ans)}}}</answer></s>"
+
+
+def corpus_batch(rng: random.Random, n: int, c) -> list[tuple[str, str]]:
+    """n (prompt, completion) texts of the corpus described by c (config.PretrainConfig); the loss
+    is on the completion only."""
+    out = []
+    for _ in range(n):
+        if rng.random() < c.teacher_share:
+            level = rng.choice(LEVELS)
+            a, b = make_problem(rng, level)
+            out.append(_teacher_text(a, b, level, c))
+        else:
+            level = rng.choices(range(len(c.student_levels)), weights=c.student_levels)[0]
+            out.append(_student_text(*make_problem(rng, level)))
+    return out
+
+
+def _encode(tokenizer, texts: list[tuple[str, str]]):
+    """(ids, attention mask, loss mask) right-padded: (B, T) each."""
+    rows = [(tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"])
+            for p, c in texts]
+    width = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    loss = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (p, c) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, : len(p) + len(c)] = 1
+        loss[i, len(p) : len(p) + len(c)] = True
+    return ids, attn, loss
+
+
+def pretrain(cfg, out: Path | str = paths.MODELS / NAME, *, seed: int = 0, progress: bool = True) -> dict:
+    """Train the world's base model from scratch on the corpus of cfg (config.PretrainConfig) and
+    save it (weights, tokenizer) atomically. AdamW, linear warmup 50 steps then cosine. Returns the
+    loss curve (one value per step), the wall time and the parameter count."""
+    from tqdm import trange
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed_from(seed, 7))
+    tokenizer = build_tokenizer()
+    model = LlamaForCausalLM(model_config(tokenizer))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    curve, t0 = [], time.perf_counter()
+    model.train()
+    for _ in (bar := trange(cfg.steps, desc="pretrain", disable=not progress, mininterval=5)):
+        ids, attn, mask = _encode(tokenizer, corpus_batch(rng, cfg.batch, cfg))
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (B, T-1, V)
+        target = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        curve.append(loss.item())
+        bar.set_postfix(loss=f"{curve[-1]:.3f}", refresh=False)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return {"loss": curve, "seconds": time.perf_counter() - t0,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def level_accuracy(model, tokenizer, *, k: int, per_level: int = 40, grader, seed: int = 0,
+                   batch_size: int = 256) -> list[dict]:
+    """The base model's skill per level on the Oracle pool (addition_train: never the fail@k
+    pool, so design choices read no test problem): greedy accuracy, sampled accuracy at
+    temperature 1, and the share of problems solved 0 of k times (what fail@k would keep)."""
+    from soar.student import evaluate_student
+
+    problems = pool("addition_train", seed=seed)
+    rows = []
+    for level in LEVELS:
+        ps = [p for p in problems if p.metadata["level"] == level][:per_level]
+        greedy = evaluate_student(model, tokenizer, ps, n_samples=1, grader=grader, max_new_tokens=12,
+                                  temperature=0.0, batch_size=batch_size, progress=False)
+        sampled = evaluate_student(model, tokenizer, ps, n_samples=k, grader=grader, max_new_tokens=12,
+                                   temperature=1.0, seed=seed_from(seed, level), batch_size=batch_size,
+                                   progress=False)
+        rows.append({"level": level, "problems": len(ps), "greedy": greedy.accuracy,
+                     "sampled": sampled.accuracy,
+                     f"zero_of_{k}": sum(c == 0 for c in sampled.counts) / len(ps)})
+    return rows

@@ -1,0 +1,95 @@
+"""The addition world (soar.addition): its problem family, tokenizer, exact reading of questions,
+and a real (short) pretraining run loaded back through the model registry."""
+
+import random
+
+import pytest
+
+from soar import addition, config, data, grading, models, prompts
+from soar.sampling import encode_prompts, generate
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    (1234, 5678, 2),  # 4+8 and 3+7+1 carry; 2+6+1 and 1+5 do not
+    (1111, 2222, 0),
+    (9999, 1, 4),  # a chain through every column
+    (5, 5, 1),
+    (0, 0, 0),
+])
+def test_carries_counts_the_column_carries(a, b, expected):
+    assert addition.carries(a, b) == expected
+
+
+def test_make_problem_has_the_asked_level_and_the_world_shape():
+    rng = random.Random(0)
+    for level in addition.LEVELS:
+        for _ in range(50):
+            a, b = addition.make_problem(rng, level)
+            assert addition.carries(a, b) == level
+            assert len(str(a)) == len(str(b)) == addition.DIGITS  # leading digits nonzero
+            assert (a + b) % 10 != 0  # no answer starts with 0 in the reversed notation
+
+
+def test_pools_are_seeded_uniform_over_levels_and_disjoint():
+    test, train = addition.pool("addition_test"), addition.pool("addition_train")
+    assert test == addition.pool("addition_test")  # deterministic
+    assert len(test) == addition.POOL_SIZE["addition_test"]
+    levels = [p.metadata["level"] for p in test]
+    assert {levels.count(lv) for lv in addition.LEVELS} == {len(test) // len(addition.LEVELS)}
+    assert not {p.problem for p in test} & {p.problem for p in train}
+    p = test[0]
+    a, b = (int(x[::-1]) for x in p.problem.split("+"))
+    assert p.answer == str(a + b)[::-1] and p.metadata["level"] == addition.carries(a, b)
+    assert data.load_pool("addition_test", levels=[4], limit=5) == [q for q in test if q.id in
+                                                                   {r.id for r in data.load_pool("addition_test", levels=[4], limit=5)}]
+
+
+@pytest.mark.parametrize("question, answer, expected", [
+    ("4321+8765", "2196", addition.Reading(True, 2, True, (4, 4))),  # 1234 + 5678 = 6912
+    ("4321+8765", "6912", addition.Reading(True, 2, False, (4, 4))),  # written the usual way: wrong here
+    ("12+3", "42", addition.Reading(True, 0, True, (2, 1))),  # 21 + 3 = 24
+    ("12+", "1", addition.Reading(False, None, None, None)),  # not an addition of two numbers
+    ("1+2+3", "6", addition.Reading(False, None, None, None)),  # three terms: not this world's question
+    ("", None, addition.Reading(False, None, None, None)),
+])
+def test_read_judges_a_teacher_question_exactly(question, answer, expected):
+    assert addition.read(question, answer) == expected
+
+
+def test_tokenizer_reads_the_soar_prompts_and_round_trips_the_answer_contract():
+    tok = addition.build_tokenizer()
+    ids = encode_prompts(tok, [prompts.student_messages("4321+8765"), prompts.teacher_messages()])
+    assert tok.decode(ids[0]) == "<s><solve>4321+8765<sep>"
+    assert tok.decode(ids[1]) == "<s><teach><sep>"
+    text = "<question>12+34</question><answer>\\boxed{46}</answer>"
+    enc = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(enc) == 13 and tok.decode(enc) == text  # tags are single tokens; digits one each
+    pair = grading.parse_teacher_output(text)
+    assert pair.question == "12+34" and pair.answer == "46"
+    with pytest.raises(Exception, match="reads only the SOAR student prompt"):
+        encode_prompts(tok, [prompts.teacher_messages(one_shot=True)])  # never taught to read it
+
+
+def test_beginner_answer_drops_every_carry():
+    assert addition.beginner_answer(1234, 5678) == 6802
+    assert addition.beginner_answer(1111, 2222) == 3333
+
+
+def test_a_short_pretraining_saves_a_model_the_registry_loads_and_the_pipeline_samples(tmp_path, monkeypatch):
+    monkeypatch.setattr(models.paths, "MODELS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="dvc repro pretrain"):
+        models.load_model(addition.NAME)
+    info = addition.pretrain(config.PretrainConfig(steps=30, batch=16), tmp_path / addition.NAME, progress=False)
+    assert len(info["loss"]) == 30 and info["loss"][-1] < info["loss"][0]  # it learns something
+    model, tok = models.load_model(addition.NAME, device="cpu")
+    assert sum(p.numel() for p in model.parameters()) == info["parameters"]
+    out = generate(model, tok, [prompts.student_messages("4321+8765")], n=2, max_new_tokens=10, seed=0,
+                   progress=False)
+    assert len(out[0]) == 2 and all(isinstance(s.text, str) for s in out[0])
+
+
+def test_pretraining_is_reproducible(tmp_path):
+    cfg = config.PretrainConfig(steps=3, batch=8)
+    a = addition.pretrain(cfg, tmp_path / "a", seed=1, progress=False)["loss"]
+    b = addition.pretrain(cfg, tmp_path / "b", seed=1, progress=False)["loss"]
+    assert a == b
