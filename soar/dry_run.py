@@ -2,8 +2,8 @@
 
 `python -m soar.dry_run [--out DIR]` runs the pipeline's own notebooks, as dvc.yaml's stages run
 them (papermill, the same parameters), in a scratch project DIR: prepare_data -> fail_at_k ->
-one SOAR outer step of each SOAR run the retrain methods need (grounded, intrinsic) -> retrain
-(the paper's eight methods on both pools) -> evaluate. The config is what
+one SOAR outer step of each SOAR run the retrain methods need (grounded, intrinsic,
+no_promotion) -> retrain (the paper profile's methods on both pools) -> evaluate. The config is what
 `dvc exp run -S profile=paper` resolves (params.yaml + profiles/paper.yaml) with
 profiles/paper_dry/sizes.yaml applied last: toy sizes, and for the model random weights of a
 scaled-down Llama-3.2 config (profiles/paper_dry/llama.json) in bf16 with the embedded SmolLM2
@@ -30,7 +30,7 @@ HERE = paths.ROOT / "profiles" / "paper_dry"
 SIZES = HERE / "sizes.yaml"
 LLAMA = HERE / "llama.json"
 TOKENIZER = "smollm2-135m-instruct"  # embedded (make setup); its vocabulary is llama.json's
-SOAR_RUNS = ("grounded", "intrinsic")  # the SOAR runs the paper's retrain methods read
+SOAR_RUNS = ("grounded", "intrinsic", "no_promotion")  # the SOAR runs the paper's retrain methods read
 NOTEBOOKS = paths.ROOT / "notebooks"
 
 

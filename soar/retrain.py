@@ -64,9 +64,13 @@ METHODS = {
 }
 # PAPER.md: OlympiadBench students are read at a fixed step (50), not by the checkpoint rule.
 READ_AT = {"olympiadbench": 50}
+# PAPER.md: curriculum on MATH, mixed on HARP and OlympiadBench; a curriculum method's students of
+# these pools train on the mixture (a curriculum would reach step 50 before any hard question).
+MIXED_POOLS = ("olympiadbench", "harp")
 # The official training set behind each hard pool, for the Oracle (PAPER.md: full MATH train).
+# The addition world's Oracle questions come from its own seeded train pool (soar.addition).
 ORACLE_TRAIN = {"math_test": "math_train", "math500": "math_train", "gsm8k_test": "gsm8k_train",
-                "olympiadbench": "math_train"}
+                "olympiadbench": "math_train", "addition_test": "addition_train"}
 
 
 def method(name: str) -> Method:
@@ -75,14 +79,16 @@ def method(name: str) -> Method:
     return METHODS[name]
 
 
-def run_config(name: str, cfg) -> dict:
+def run_config(name: str, cfg, *, pool: str | None = None) -> dict:
     """Everything that defines one fresh-student run besides its seed: the method's data and
-    schedule, and the optimizer and budget shared by every method."""
+    schedule (mixed for every method with synthetic data on a MIXED_POOLS pool), and the
+    optimizer and budget shared by every method."""
     m, rc, sc = method(name), cfg.retrain, cfg.student
-    return {"method": name, "data": m.data, "schedule": m.schedule,
+    schedule = "mixed" if pool in MIXED_POOLS and m.schedule == "curriculum" else m.schedule
+    return {"method": name, "data": m.data, "schedule": schedule,
             "samples_per_question": rc.samples_per_question * m.group_factor,
             "warmup_steps": rc.warmup_steps if m.warmup else 0,
-            "steps": rc.steps, "synthetic_steps": rc.synthetic_steps if m.schedule == "curriculum" else 0,
+            "steps": rc.steps, "synthetic_steps": rc.synthetic_steps if schedule == "curriculum" else 0,
             "questions_per_step": rc.questions_per_step, "max_new_tokens": rc.max_new_tokens,
             "lr": sc.lr, "kl_coef": sc.kl_coef, "adapter": sc.adapter, "lora_r": sc.lora_r,
             "lora_alpha": sc.lora_alpha, "temperature": sc.temperature, "max_grad_norm": sc.max_grad_norm,
@@ -316,7 +322,7 @@ def hard_and_oracle(cfg, pool: str) -> tuple[list[Problem], list[Problem]]:
     hard = data.load_problems(paths.hard_split(pool, "train"))
     if pool not in ORACLE_TRAIN:
         return hard, []
-    return hard, oracle_questions(hard, data.load_benchmark(ORACLE_TRAIN[pool]), None, seed=cfg.seed)
+    return hard, oracle_questions(hard, data.load_pool(ORACLE_TRAIN[pool]), None, seed=cfg.seed)
 
 
 def train_all(cfg, student, sources: dict[str, list[Problem]], *, grader) -> list[dict]:
@@ -326,7 +332,7 @@ def train_all(cfg, student, sources: dict[str, list[Problem]], *, grader) -> lis
     jobs = [(pool, m, s) for pool in cfg.fail_at_k.pools for m in rc.methods for s in rc.seeds]
     pools = {pool: hard_and_oracle(cfg, pool) for pool in cfg.fail_at_k.pools}
     for pool, name, seed in tqdm(jobs, desc="fresh students"):
-        run, (hard, oracle) = run_config(name, cfg), pools[pool]
+        run, (hard, oracle) = run_config(name, cfg, pool=pool), pools[pool]
         synthetic = oracle if run["data"] == "oracle" else sources.get(run["data"], [])
         if method(name).sample:  # oracle-128: N random real questions, the same for every seed
             synthetic = oracle_questions(hard, synthetic, rc.questions, seed=seed_from(cfg.seed, 12))

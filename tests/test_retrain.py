@@ -130,6 +130,16 @@ def test_olympiadbench_students_are_read_at_step_50_and_others_by_the_rule():
     assert retrain.choose_checkpoints([0.0] * 20, [10, 20], run, rc, pool="olympiadbench") == (20, [20])  # a short run
 
 
+@pytest.mark.parametrize("pool, schedule", [("math_test", "curriculum"), ("olympiadbench", "mixed"), ("harp", "mixed")])
+def test_curriculum_methods_train_on_the_mixture_on_olympiadbench_and_harp(pool, schedule):
+    """PAPER.md: curriculum on MATH, mixed on HARP and OlympiadBench (a curriculum of 64 synthetic
+    steps would be read at step 50 before its first OlympiadBench question)."""
+    cfg = config.load("params.yaml", {"profile": "paper"})
+    run = retrain.run_config("pq-curriculum", cfg, pool=pool)
+    assert run["schedule"] == schedule and (run["synthetic_steps"] > 0) == (schedule == "curriculum")
+    assert retrain.run_config("hard_only", cfg, pool=pool)["schedule"] == "hard"
+
+
 def _records(counts, n=4, checkpoint=None):
     return [{"id": f"p{i}", "n": n, "successes": c, "checkpoint": checkpoint} for i, c in enumerate(counts)]
 
@@ -161,6 +171,16 @@ def test_oracle_share_and_its_undefined_case():
     runs["oracle"] = {0: _records([0, 0, 0, 0])}
     table = evaluation.summarize(runs, [1], n_boot=100)
     assert evaluation.oracle_share(table, [1], n_boot=100)["pq-curriculum"]["1"]["value"] is None
+
+
+def test_difference_to_hard_only_is_paired_over_test_problems():
+    runs = {"hard_only": {0: _records([0, 0, 4, 4]), 1: _records([0, 0, 4, 4])},
+            "pq-curriculum": {0: _records([4, 0, 4, 4]), 1: _records([0, 4, 4, 4])}}
+    m = evaluation.metrics({"addition_test": runs}, [1], n_samples=4, n_boot=200)
+    d = m["vs_hard_only"]["addition_test"]["pq-curriculum"]["1"]
+    assert d["diff"] == pytest.approx(0.25)  # seed-averaged: problems 0 and 1 at 1/2 each, over 4 problems
+    assert 0.0 <= d["ci"][0] <= 0.25 <= d["ci"][1] <= 0.5  # paired: problems 2-3 never differ
+    assert "hard_only" not in m["vs_hard_only"]["addition_test"]
 
 
 def test_tables_have_a_row_per_method_and_the_paper_column():
@@ -264,7 +284,9 @@ def test_a_second_pool_is_out_of_distribution_and_extra_benchmarks_test_the_firs
 
 
 def _toy_project(tmp_path, monkeypatch, pools=("gsm8k_test",)):
-    """A scratch project (cwd) with the raw data and models linked in and toy hard splits."""
+    """A scratch project (cwd) with the raw data and models linked in, toy hard splits, and the
+    project's params.yaml and profiles at profile: tiny (GSM8K on the embedded SmolLM2). Returns
+    its root."""
     from pathlib import Path
 
     from soar import data, paths
@@ -274,11 +296,14 @@ def _toy_project(tmp_path, monkeypatch, pools=("gsm8k_test",)):
     (tmp_path / "data").mkdir()
     (tmp_path / "data/raw").symlink_to(root / "data/raw")
     (tmp_path / "models").symlink_to(root / "models")
+    (tmp_path / "profiles").symlink_to(root / "profiles")
+    params = (root / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(params.replace("profile: addition\n", "profile: tiny\n"))
     for pool in pools:
         for split in ("train", "test"):
             data.write_jsonl(paths.hard_split(pool, split),
                              [Problem(f"{pool}/{split}/{i}", f"What is {i} + 2?", str(i + 2)) for i in range(3)])
-    return root
+    return tmp_path
 
 
 def test_oracle_128_trains_on_n_random_real_questions_the_same_for_every_seed(tmp_path, monkeypatch):
