@@ -41,18 +41,19 @@ class ModelConfig:
 class PretrainConfig:
     """The laptop world's base model, trained from scratch (pretrain stage; soar.addition)."""
 
-    steps: int = 1200
+    steps: int = 800
     """AdamW steps (batch `batch`, linear warmup 50 steps, then cosine)."""
     batch: int = 128
     """Corpus examples per step."""
     lr: float = 3e-3
     """Peak learning rate."""
-    student_levels: tuple[float, ...] = (0.45, 0.35, 0.20)
+    student_levels: tuple[float, ...] = (0.8, 0.2)
     """Share of each level (number of carries) among the solved student examples; levels past
-    the list never appear solved, so the base model fails them (the hard sets)."""
-    teacher_share: float = 0.3
+    the list never appear solved, so the base model only partly generalizes to them (the hard
+    sets are its 0-of-k problems)."""
+    teacher_share: float = 0.5
     """Share of teacher examples: a question of a uniformly drawn level with its answer."""
-    solved_up_to: int = 2
+    solved_up_to: int = 4
     """Highest level whose answer the teacher corpus writes correctly; above it the carries are
     dropped (the answer a beginner writes)."""
 
@@ -121,6 +122,9 @@ class StudentConfig:
     """Student sampling temperature (paper: 1.0)."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
+    micro_batch: int = 4
+    """Completions per forward/backward of an update (gradients accumulate over the batch; the
+    result is the same up to float round-off): larger is faster until the logits' memory runs out."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,9 @@ class TeacherConfig:
     the pair format at all (README, 'Tiny profile')."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
+    micro_batch: int = 4
+    """Completions per forward/backward of an update (gradients accumulate over the batch; the
+    result is the same up to float round-off): larger is faster until the logits' memory runs out."""
 
 
 @dataclass(frozen=True)
@@ -250,10 +257,12 @@ class AnalysisConfig:
     """openai: the environment variable holding the key (read at call time, never logged)."""
     concurrency: int = 8
     """openai: requests in flight at once."""
-    timeout_s: float = 120.0
-    """openai: seconds per request before it is retried."""
+    timeout_s: float = 50.0
+    """openai: seconds to wait for an answer; a request that times out twice fails the stage (a hung
+    server fails within 2 minutes); raise it for slow servers."""
     retries: int = 4
-    """openai: retries of a failed request (timeouts, 429, 5xx), with exponential backoff."""
+    """openai: retries of a failed request (connection errors, 429, 5xx; a timeout once), with
+    exponential backoff."""
     solve_samples: int = 4
     """m: the judge re-solves each question m times; the majority answer is graded against the teacher's."""
     solve_max_new_tokens: int = 512

@@ -136,7 +136,7 @@ def reinforce(policy, optimizer, scheduler, questions: Sequence[Problem], sample
     advantages = rl.rloo_advantages(rewards)  # (Q, G)
     # 4. one policy-gradient step on all Q*G completions
     stats = update(policy, optimizer, scheduler, [s for row in samples for s in row], advantages.flatten(),
-                   kl_coef=cfg.kl_coef, max_grad_norm=cfg.max_grad_norm)
+                   kl_coef=cfg.kl_coef, max_grad_norm=cfg.max_grad_norm, micro_batch=cfg.micro_batch)
     return {**{f"student/{k}": v for k, v in rl.group_stats(rewards).items()},
             **{f"student/{k}": v for k, v in stats.items()}}
 

@@ -320,7 +320,8 @@ class SoarRun:
             adv = torch.cat([A[k].repeat(len(X.samples)) for k, X in enumerate(datasets)])
             row.update({f"teacher/{k}": v for k, v in update(self.teacher, self.optimizer, self.scheduler, pairs, adv,
                                                              kl_coef=cfg.teacher.kl_coef,
-                                                             max_grad_norm=cfg.teacher.max_grad_norm).items()})
+                                                             max_grad_norm=cfg.teacher.max_grad_norm,
+                                                             micro_batch=cfg.teacher.micro_batch).items()})
         times["time/teacher_update_s"] = time.perf_counter() - clock
         # 5. moving average and promotion (grounded gain decides, whatever the teacher's reward)
         self.state.reward_history.append(sum(rewards) / len(rewards))

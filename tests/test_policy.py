@@ -155,3 +155,18 @@ def test_load_state_sets_weights_and_masters(dtype):
     assert all(torch.equal(policy.state()[k], trained[k]) for k in trained)
     params = dict(policy.model.named_parameters())
     assert all(torch.equal(params[k], trained[k].to(dtype)) for k in trained)
+
+
+def test_micro_batch_size_does_not_change_the_update():
+    """student/teacher.micro_batch only splits the batch: gradients are accumulated with each
+    micro-batch's token share, so one micro-batch of 8 gives the update of eight of 1."""
+    def after(micro_batch):
+        policy = Policy(tiny_llama(torch.float32), TOKENIZER, adapter="full")
+        optimizer, scheduler = make_optimizer(policy, lr=1e-3, warmup_steps=0, total_steps=2)
+        for step in range(2):
+            update(policy, optimizer, scheduler, *batch(step), kl_coef=0.001, max_grad_norm=1.0,
+                   micro_batch=micro_batch)
+        return policy.state()
+    one, whole = after(1), after(8)
+    for k in one:
+        torch.testing.assert_close(one[k], whole[k], rtol=1e-4, atol=1e-6)
