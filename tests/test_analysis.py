@@ -209,6 +209,9 @@ def _server(script):
             try:
                 if action == "slow":
                     time.sleep(1.5)
+                if action == "hang":  # accepts the request, never answers (within the test)
+                    time.sleep(5)
+                    return
                 time.sleep(0.05)
                 if action == "503":
                     self.send_response(503)
@@ -259,12 +262,31 @@ def test_http_judge_retries_limits_concurrency_and_never_stores_the_key(tmp_path
         server.shutdown()
 
 
+def test_a_hung_judge_server_fails_after_two_timeouts_not_every_retry():
+    """A server that accepts requests and never answers: the judge gives up after its second
+    timeout (2 x timeout_s + backoff), not after retries x timeout_s (about 10 minutes with the
+    old defaults of 120 s and 4 retries)."""
+    script = Script(["hang"] * 10)
+    server = _server(script)
+    try:
+        judge = analysis.OpenAIJudge(f"http://127.0.0.1:{server.server_port}/v1", "m", concurrency=1,
+                                     timeout_s=0.5, retries=4, backoff_s=0.01)
+        start = time.perf_counter()
+        with pytest.raises(analysis.JudgeError, match="no answer within 0.5 s, twice"):
+            judge.chat([[{"role": "user", "content": "q"}]], n=1, temperature=0.0, max_tokens=8, seed=0)
+        assert time.perf_counter() - start < 2.0 and len(script.seen) == 2
+    finally:
+        server.shutdown()
+    cfg = config.AnalysisConfig()
+    assert 2 * cfg.timeout_s + 1.0 < 120  # the defaults fail a hung server within 2 minutes
+
+
 def test_http_judge_needs_an_endpoint_and_a_model():
     with pytest.raises(ValueError, match="base_url"):
         analysis.OpenAIJudge("", "m")
     with pytest.raises(ValueError, match="judge_model"):
         analysis.OpenAIJudge("http://x/v1", None)
-    with pytest.raises(ValueError, match="'local' or 'openai'"):
+    with pytest.raises(ValueError, match="'local', 'openai' or 'exact'"):
         analysis.make_judge(config.load(overrides={"analysis": {"judge": "claude"}}))
 
 
