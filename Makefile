@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast test-optin judge-server bench dry-run clean-venv
+.PHONY: setup repro test test-fast test-optin judge-server bench dry-run design clean-venv
 
 setup: $(VENV)/.installed models/.converted
 
@@ -47,6 +47,11 @@ test-fast: setup
 dry-run: setup
 	$(BIN)/python -m soar.dry_run
 
+# How the default world was chosen, on its train pool only (not a DVC stage: ~10 minutes, and the
+# default run does not need it); the executed copy and results/design/ are committed.
+design: setup
+	$(BIN)/papermill --cwd . --progress-bar --log-level WARNING notebooks/design_world.ipynb results/notebooks/design_world.ipynb
+
 # The opt-in checks (a real local judge server): `make judge-server test-optin`.
 judge-server: setup
 	$(BIN)/pip install --quiet -e '.[judge-server]'
@@ -61,6 +66,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_inner_loop.py
 	$(BIN)/python benchmarks/bench_batched.py
 	$(BIN)/python benchmarks/bench_ray.py
+	$(BIN)/python benchmarks/bench_world.py
 	$(BIN)/python benchmarks/project_paper.py
 	$(BIN)/python -m soar.report
 

@@ -5,12 +5,14 @@ What it is. Problems are additions of two 4-digit numbers written least-signific
 digits it depends on): `4321+8765` means 1234 + 5678 and its answer is `2196` (6912 reversed).
 A problem's *level* is its number of carries, 0..4: the difficulty ladder. The model is a
 ~1M-parameter Llama trained from scratch by the `pretrain` stage on a corpus in which
-- as a *student* it sees solved problems of levels 0..2 only, with the higher levels rarer, so it
-  solves the easy levels, is partial on the middle one and fails levels 3-4 (the hard set);
-- as a *teacher* it writes question-answer pairs of every level (its latent capacity), with correct
-  answers up to level 2 and, above, the answer a beginner writes when ignoring carries.
-SOAR's questions can then be asked exactly: does a teacher trained on the student's gain learn to
-write the middle levels (with correct answers), and do those lift the hard levels from 0?
+- as a *student* it sees solved problems of levels 0 and 1 only (`pretrain.student_levels`), so it
+  solves those and generalizes only partly to more carries; fail@k keeps the problems it solves 0
+  of k times (the hard sets: mostly level 4, some of levels 2-3);
+- as a *teacher* it writes question-answer pairs of every level, with correct answers (its latent
+  capacity: it writes correct level-4 pairs far more often than it solves level-4 problems).
+SOAR's questions can then be asked exactly: which levels does a teacher trained on the student's
+gain learn to write, how often are its answers right, and do its questions lift the hard problems
+from 0? The design was chosen on the train pool only (notebooks/design_world.ipynb, `make design`).
 
 What this module owns: the seeded problem family and its pools, the tokenizer (a real
 `transformers` fast tokenizer whose chat template reads the SOAR student and teacher prompts of
@@ -26,8 +28,6 @@ import json
 import math
 import random
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +36,13 @@ import torch
 
 from soar import paths, prompts
 from soar.data import Problem, seed_from
+from soar.models import save_model
 
 NAME = "addition"  # the registry name of this world's model (models/addition, made by `pretrain`)
 DIGITS = 4  # operand length
 LEVELS = tuple(range(DIGITS + 1))  # number of carries
 POOLS = {"addition_test": 0, "addition_train": 1}  # pool name -> generator stream (disjoint seeds)
-POOL_SIZE = {"addition_test": 400, "addition_train": 2000}
+POOL_SIZE = {"addition_test": 4000, "addition_train": 2000}
 
 # Tokens: every character the world writes, the SOAR tags as single tokens, and the chat roles.
 TAGS = ("<question>", "</question>", "<answer>", "</answer>", "\\boxed{")
@@ -93,18 +94,20 @@ def problem(a: int, b: int, pid: str) -> Problem:
 
 
 def pool(name: str, *, seed: int = 0) -> list[Problem]:
-    """A seeded pool, uniform over levels: addition_test (fail@k's pool, the hard sets come from
-    it) or addition_train (real questions for the Oracle); disjoint by construction (streams)."""
+    """A seeded pool, uniform over levels, without repeats: addition_test (fail@k's pool, the hard
+    sets come from it) or addition_train (real questions for the Oracle and the world's design),
+    which leaves out every problem of addition_test, so no train question is a test question."""
     if name not in POOLS:
         raise ValueError(f"unknown addition pool {name!r}; known: {sorted(POOLS)}")
     rng = random.Random(seed_from(seed, POOLS[name]))
-    seen, out = set(), []
+    seen = set() if name == "addition_test" else {p.problem for p in pool("addition_test", seed=seed)}
+    out = []
     while len(out) < POOL_SIZE[name]:
         level = LEVELS[len(out) % len(LEVELS)]
         a, b = make_problem(rng, level)
-        if (a, b) not in seen:
-            seen.add((a, b))
-            out.append(problem(a, b, f"{name}/{len(out):05d}"))
+        if (q := problem(a, b, f"{name}/{len(out):05d}")).problem not in seen:
+            seen.add(q.problem)
+            out.append(q)
     return out
 
 
@@ -240,10 +243,25 @@ def _encode(tokenizer, texts: list[tuple[str, str]]):
     return ids, attn, loss
 
 
-def pretrain(cfg, out: Path | str = paths.MODELS / NAME, *, seed: int = 0, progress: bool = True) -> dict:
+def pretrain(cfg, out: Path | str = paths.MODELS / NAME, *, seed: int = 0, progress: bool = True,
+             on_step=None) -> dict:
     """Train the world's base model from scratch on the corpus of cfg (config.PretrainConfig) and
     save it (weights, tokenizer) atomically. AdamW, linear warmup 50 steps then cosine. Returns the
-    loss curve (one value per step), the wall time and the parameter count."""
+    loss curve (one value per step), the wall time and the parameter count. on_step(step, model,
+    tokenizer), if given, is called after every step (the design notebook reads skill mid-run)."""
+    # One thread: the end of the loss plateau (when the model learns which digits to attend to) is
+    # chaotic, and float reductions split over 2 threads trained a different world than over 1
+    # (measured with the default config: a teacher right 81-97% of the time per level, or 0-13%).
+    # One thread gives every machine of the same kind the same base model.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _pretrain(cfg, Path(out), seed=seed, progress=progress, on_step=on_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(cfg, out: Path, *, seed: int, progress: bool, on_step) -> dict:
     from tqdm import trange
     from transformers import LlamaForCausalLM
 
@@ -268,15 +286,10 @@ def pretrain(cfg, out: Path | str = paths.MODELS / NAME, *, seed: int = 0, progr
         sched.step()
         curve.append(loss.item())
         bar.set_postfix(loss=f"{curve[-1]:.3f}", refresh=False)
+        if on_step is not None:
+            on_step(len(curve), model, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    save_model(model, tokenizer, out)
     return {"loss": curve, "seconds": time.perf_counter() - t0,
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -301,3 +314,167 @@ def level_accuracy(model, tokenizer, *, k: int, per_level: int = 40, grader, see
                      "sampled": sampled.accuracy,
                      f"zero_of_{k}": sum(c == 0 for c in sampled.counts) / len(ps)})
     return rows
+
+
+# ---------------------------------------------------------------- exact question analysis (analysis stage)
+
+TOPICS = tuple(f"level {lv}" for lv in LEVELS) + ("other length", "ill-posed")
+_STUDENT_PREFIX = prompts.STUDENT_TEMPLATE.split("{problem}")[0].replace("{{", "{").replace("}}", "}")
+_JUDGED = re.compile(r"Question: (.*)\nAuthor's answer: (.*)\n\n", re.S)
+
+
+def topic(question: str) -> str:
+    """The drift category of a question: its level when it is a 4+4-digit addition."""
+    r = read(question, None)
+    if not r.well_posed:
+        return "ill-posed"
+    return f"level {r.level}" if r.digits == (DIGITS, DIGITS) else "other length"
+
+
+class ExactJudge:
+    """The world's judge (analysis.judge: exact), behind the interface of soar.analysis's judges: it
+    reads the same student and judge prompts, re-solves by computing the sum and gives the
+    verdict of `read` (well-posed: an addition of two numbers; correct: the teacher's answer is
+    the sum). Nothing is sampled and no text is evaluated."""
+
+    name = "exact:addition"
+
+    def chat(self, conversations, *, n: int, temperature: float, max_tokens: int, seed: int,
+             desc: str = "judge") -> list[list[str]]:
+        return [[self._reply(conv[-1]["content"])] * n for conv in conversations]
+
+    def _reply(self, text: str) -> str:
+        judged = _JUDGED.search(text)
+        if judged is None:  # a student prompt: solve it
+            m = QUESTION.match(text[len(_STUDENT_PREFIX):].strip()) if text.startswith(_STUDENT_PREFIX) else None
+            return f"\\boxed{{{rev(int(m.group(1)[::-1]) + int(m.group(2)[::-1]))}}}" if m else "not an addition"
+        question, answer = judged.group(1), judged.group(2)
+        r = read(question, answer)
+        m = QUESTION.match(question.strip())
+        truth = rev(int(m.group(1)[::-1]) + int(m.group(2)[::-1])) if m else None
+        error = "none" if r.correct else "arithmetic" if r.well_posed else "impossibility"
+        return json.dumps({"well_posed": r.well_posed, "correct": r.correct if r.well_posed else None,
+                           "error_type": error, "answer": truth})
+
+
+class StructureEmbedder:
+    """A kernel of problem structure for Vendi and step diversity (analysis.embedder:
+    addition-structure), with sentence-transformers' two methods: a question becomes the one-hot
+    codes of its column sums (0..18 per column, units first) and of its operand lengths, so the
+    cosine similarity of two questions is the share of their columns that add alike. Anything
+    that is not an addition is one shared 'ill-posed' direction."""
+
+    WIDTH = 2 * 8  # operand lengths up to the QUESTION pattern's 8 digits
+    COLUMNS = 8
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.COLUMNS * 19 + self.WIDTH + 1
+
+    def encode(self, texts, **_) -> "np.ndarray":
+        import numpy as np
+
+        out = np.zeros((len(texts), self.get_sentence_embedding_dimension()))
+        for i, text in enumerate(texts):
+            m = QUESTION.match(text.strip())
+            if not m:
+                out[i, -1] = 1.0
+                continue
+            a, b = m.group(1), m.group(2)
+            for col in range(max(len(a), len(b))):
+                s = sum(int(x[col]) for x in (a, b) if col < len(x))
+                out[i, col * 19 + s] = 1.0
+            out[i, self.COLUMNS * 19 + len(a) - 1] = out[i, self.COLUMNS * 19 + 8 + len(b) - 1] = 1.0
+        return out
+
+    @staticmethod
+    def topics(texts) -> list[str]:
+        """Exact drift categories (`topic`) instead of nearest MATH-subject centroids."""
+        return [topic(t) for t in texts]
+
+
+# ---------------------------------------------------------------- design probe (notebooks/design_world.ipynb)
+
+
+def stepping_stones(model_dir, student, generation, *, arms: dict, steps: int, every: int, k: int, grader,
+                    seed: int = 0) -> dict:
+    """Does training on a level lift the hard problems? On the train pool only (never the fail@k
+    pool): the hard problems are the train pool's level-3/4 problems that the base model at
+    `model_dir` solves 0 of k times, split in two halves: one to train the Hard-Only arm, one to
+    measure every arm. Each arm (name -> list of levels, or "hard") is a fresh student trained
+    `steps` RLOO steps (student: StudentConfig) on the arm's questions with their true answers;
+    at step 0 and every `every` steps, its greedy accuracy and sampled accuracy (8 samples) on
+    the measured half (0-of-k problems can still be right greedily)."""
+    from soar.policy import Policy, make_optimizer
+    from soar.student import evaluate_student, rl_step
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = LlamaForCausalLM.from_pretrained(model_dir)
+    train = pool("addition_train", seed=seed)
+    cand = [p for p in train if p.metadata["level"] >= 3]
+    kw = dict(grader=grader, max_new_tokens=12, batch_size=generation.batch_size, progress=False)
+    counts = evaluate_student(base, tok, cand, n_samples=k, temperature=1.0, seed=seed_from(seed, 1), **kw).counts
+    hard = [p for p, c in zip(cand, counts) if c == 0]
+    measured, hard_train = hard[: len(hard) // 2], hard[len(hard) // 2 :]
+    rest = [p for p in train if p.metadata["level"] < 3]  # the arms' questions, disjoint from the hard ones
+    rows = []
+    for arm, levels in arms.items():
+        questions = hard_train if levels == "hard" else [p for p in rest if p.metadata["level"] in levels]
+        policy = Policy(LlamaForCausalLM.from_pretrained(model_dir), tok, adapter=student.adapter)
+        optimizer, scheduler = make_optimizer(policy, lr=student.lr, warmup_steps=0, total_steps=steps)
+        rng = random.Random(seed_from(seed, 2))
+        stats = {"student/reward_mean": None}
+        for step in range(steps + 1):  # step 0: the base model itself
+            if step:
+                batch = rng.choices(questions, k=student.questions_per_step)
+                stats = rl_step(policy, optimizer, scheduler, batch, student, max_new_tokens=12,
+                                samples_per_question=student.samples_per_question, seed=seed_from(seed, 3, step),
+                                grader=grader, generation=generation)
+            if step % every == 0:
+                greedy = evaluate_student(policy.model, tok, measured, n_samples=1, temperature=0.0, **kw)
+                sampled = evaluate_student(policy.model, tok, measured, n_samples=8, temperature=1.0,
+                                           seed=seed_from(seed, 4), **kw)
+                rows.append({"arm": arm, "step": step, "train_reward": stats["student/reward_mean"],
+                             "hard_greedy": greedy.accuracy, "hard_sampled": sampled.accuracy})
+    return {"candidates": len(cand), "hard": len(hard), "measured": len(measured), "rows": rows}
+
+
+def skill_recorder(every: int, *, grader, seed: int = 0, per_level: int = 60, batch_size: int = 512):
+    """(snapshots, on_step) for `pretrain`: every `every` steps, the greedy accuracy per level on
+    the train pool is appended to snapshots as {"step", "greedy": [level 0, level 1, ...]}."""
+    from soar.student import evaluate_student
+
+    train = pool("addition_train", seed=seed)
+    by_level = [[p for p in train if p.metadata["level"] == lv][:per_level] for lv in LEVELS]
+    snapshots: list[dict] = []
+
+    def on_step(step, model, tokenizer):
+        if step % every:
+            return
+        model.eval()
+        snapshots.append({"step": step, "greedy": [
+            evaluate_student(model, tokenizer, ps, n_samples=1, grader=grader, max_new_tokens=12, temperature=0.0,
+                             batch_size=batch_size, progress=False).accuracy for ps in by_level]})
+        model.train()
+
+    return snapshots, on_step
+
+
+def teacher_skill(model, tokenizer, *, n: int = 256, seed: int = 0, batch_size: int = 512) -> list[dict]:
+    """The base model as a teacher: n samples of the teacher prompt (temperature 1, the
+    `<question>` prefix of the world's profile), read exactly. Per topic (`topic`): the share of
+    the samples, and the share of those whose answer is the sum."""
+    from soar import grading
+    from soar.sampling import generate
+    from soar.teacher import teacher_prompt
+
+    prompt = teacher_prompt(tokenizer, "<question>")
+    rows = generate(model, tokenizer, [prompt], n=n, max_new_tokens=32, temperature=1.0, stop=("</answer>",),
+                    seed=seed, batch_size=batch_size, progress=False)[0]
+    counts: dict[str, list[int]] = {t: [0, 0] for t in TOPICS}
+    for s in rows:
+        pair = grading.parse_teacher_output("<question>" + s.text)
+        t = "ill-posed" if isinstance(pair, grading.Rejection) else topic(pair.question)
+        counts[t][0] += 1
+        counts[t][1] += t != "ill-posed" and read(pair.question, pair.answer).correct
+    return [{"topic": t, "share": c[0] / n, "correct": c[1] / c[0] if c[0] else None} for t, c in counts.items()]

@@ -73,8 +73,13 @@ def convert_embedded(name: str, *, root: Path = paths.MODELS, force: bool = Fals
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    return save_model(model, tokenizer, out)
+
+
+def save_model(model, tokenizer, out: Path) -> Path:
+    """Write a model folder atomically: a temp dir beside `out`, renamed over it when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if out.exists():

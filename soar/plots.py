@@ -61,6 +61,35 @@ def pretrain(loss: Sequence[float], skill: Sequence[dict], path: str | Path | No
         return _finish(fig, path)
 
 
+def design_world(candidates: dict[str, dict], probe: dict, path: str | Path | None = None):
+    """The world's design exploration (train pool only): each candidate base model's skill per
+    level while it pretrains (greedy), and, on the chosen one, the hard problems' greedy accuracy
+    as fresh students train on one level each, or on hard problems only."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(candidates) + 1, figsize=(3.4 * (len(candidates) + 1), 3.2))
+        for ax, (name, c) in zip(axes, candidates.items()):
+            steps = [r["step"] for r in c["snapshots"]]
+            for level in range(len(c["snapshots"][0]["greedy"])):
+                ax.plot(steps, [r["greedy"][level] for r in c["snapshots"]], marker=".", label=f"level {level}")
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("pretraining step")
+            ax.set_ylim(-0.03, 1.03)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0].set_ylabel("greedy accuracy (train pool)")
+        axes[0].legend(fontsize=7)
+        ax = axes[-1]
+        for arm in dict.fromkeys(r["arm"] for r in probe["rows"]):
+            rows = [r for r in probe["rows"] if r["arm"] == arm]
+            ax.plot([r["step"] for r in rows], [r["hard_greedy"] for r in rows], marker="o", label=arm)
+        ax.set_title(f"chosen base: hard problems ({probe['measured']} measured)", fontsize=9)
+        ax.set_xlabel("student RLOO step")
+        ax.set_ylabel("greedy accuracy on hard problems")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7, title="trained on", title_fontsize=7)
+        fig.suptitle("designing the addition world (train pool only)")
+        return _finish(fig, path)
+
+
 def _finish(fig, path: str | Path | None):
     """Save PNG and PDF when a path is given (the figures stage). Returns the PNG as an IPython
     Image, which executed notebooks keep as image/png (Agg draws nothing by itself)."""
@@ -113,16 +142,20 @@ def teacher_reward(runs: dict[str, dict[int, list[dict]]], path: str | Path | No
 def retrain_rewards(curves: dict[tuple, list[dict]], path: str | Path | None = None):
     """Fresh students' training reward per step, one colour per method (seeds faded, mean bold);
     curves: (pool, method, seed) -> metric rows of the retrain stage."""
+    from soar.evaluation import LABELS, ordered
+
     with plt.rc_context(STYLE):
         pools = sorted({p for p, _, _ in curves})
         fig, axes = plt.subplots(1, len(pools), figsize=(6 * len(pools), 3.5), squeeze=False)
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for ax, pool in zip(axes[0], pools):
-            methods = list(dict.fromkeys(m for p, m, _ in curves if p == pool))
+            methods = ordered(dict.fromkeys(m for p, m, _ in curves if p == pool))
             for color, method in zip(colors * 3, methods):
                 _seeds_and_mean(ax, [{r["step"]: r["student/reward_mean"] for r in rows}
-                                     for (p, m, _), rows in curves.items() if p == pool and m == method], color, method)
+                                     for (p, m, _), rows in curves.items() if p == pool and m == method], color,
+                                LABELS.get(method, method))
             ax.set_xlabel("RLOO step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("training reward (shaped)")
             ax.set_title(f"Fresh students on {pool}")
             ax.legend(fontsize=7)
@@ -132,15 +165,19 @@ def retrain_rewards(curves: dict[tuple, list[dict]], path: str | Path | None = N
 def pass_at_k_curves(metrics: dict, path: str | Path | None = None):
     """pass@k against k (log axis) per method, one panel per benchmark, with the bootstrap 95% CI
     as a band."""
+    from soar.evaluation import LABELS, ordered
+
     with plt.rc_context(STYLE):
         benches = list(metrics["benchmarks"])
         fig, axes = plt.subplots(1, len(benches), figsize=(5.5 * len(benches), 3.8), squeeze=False)
         ks = metrics["ks"]
         for ax, bench in zip(axes[0], benches):
-            for model, row in metrics["benchmarks"][bench].items():
+            rows = metrics["benchmarks"][bench]
+            for model in ordered(rows):
+                row = rows[model]
                 mean = [100 * row["mean"][str(k)] for k in ks]
                 lo, hi = zip(*[[100 * c for c in row["ci"][str(k)]] for k in ks])
-                (line,) = ax.plot(ks, mean, marker="o", ms=3, label=model)
+                (line,) = ax.plot(ks, mean, marker="o", ms=3, label=LABELS.get(model, model))
                 ax.fill_between(ks, lo, hi, color=line.get_color(), alpha=0.12)
             ax.set_xscale("log", base=2)
             ax.set_xticks(ks, [str(k) for k in ks])
@@ -299,7 +336,7 @@ def step_diversity(metrics: dict, path: str | Path | None = None):
 def main_table_bars(metrics: dict, path: str | Path | None = None):
     """The main table as bars: pass@k at the largest k per method, one panel per benchmark;
     error bars are the bootstrap 95% CI over test problems, dots the seeds."""
-    from soar.evaluation import LABELS
+    from soar.evaluation import LABELS, ordered
 
     k = str(max(metrics["ks"]))
     benches = list(metrics["benchmarks"])
@@ -309,7 +346,7 @@ def main_table_bars(metrics: dict, path: str | Path | None = None):
                                  squeeze=False)
         for ax, bench in zip(axes[0], benches):
             rows = metrics["benchmarks"][bench]
-            names = list(rows)
+            names = ordered(rows)
             means = [100 * rows[n]["mean"][k] for n in names]
             err = _errors(means, [[100 * c for c in rows[n]["ci"][k]] for n in names])
             ax.bar(range(len(names)), means, yerr=err, capsize=3, color="#9ecae1")
@@ -325,7 +362,7 @@ def main_table_bars(metrics: dict, path: str | Path | None = None):
 def oracle_share(metrics: dict, path: str | Path | None = None):
     """Share of the Oracle's gain over Hard-Only that each method recovers, per benchmark and k,
     with paired bootstrap CIs; undefined shares (the Oracle gains nothing) are said, not drawn."""
-    from soar.evaluation import LABELS
+    from soar.evaluation import LABELS, ordered
 
     benches = list(metrics["oracle_share"])
     with plt.rc_context(STYLE):
@@ -336,7 +373,8 @@ def oracle_share(metrics: dict, path: str | Path | None = None):
             shares = metrics["oracle_share"][bench]
             ks = metrics["ks"]
             drawn = 0
-            for method, by_k in shares.items():
+            for method in ordered(shares):
+                by_k = shares[method]
                 pts = [(int(k), 100 * by_k[str(k)]["value"], by_k[str(k)]["ci"]) for k in ks
                        if by_k[str(k)]["value"] is not None]
                 if not pts:

@@ -93,3 +93,35 @@ def test_pretraining_is_reproducible(tmp_path):
     a = addition.pretrain(cfg, tmp_path / "a", seed=1, progress=False)["loss"]
     b = addition.pretrain(cfg, tmp_path / "b", seed=1, progress=False)["loss"]
     assert a == b
+
+
+def test_exact_judge_answers_the_analysis_prompts_by_computing():
+    """analysis.judge: exact reads the same prompts as any judge: a re-solve is the true sum,
+    a verdict is read() as strict JSON that soar.analysis parses."""
+    from soar import analysis
+
+    judge = analysis.make_judge(config.load("params.yaml", {"analysis": {"judge": "exact"}}))
+    solves = judge.chat([prompts.student_messages("4321+8765"), prompts.student_messages("two plus two")],
+                        n=3, temperature=1.0, max_tokens=8, seed=0)
+    assert solves[0] == ["\\boxed{2196}"] * 3 and grading.extract_answer(solves[0][0]) == "2196"
+    assert grading.extract_answer(solves[1][0], fallback=False) is None  # nothing to solve
+    cases = [("4321+8765", "2196", (True, True, "none")), ("4321+8765", "6902", (True, False, "arithmetic")),
+             ("4321+", "1", (False, None, "impossibility"))]
+    replies = judge.chat([prompts.judge_messages(q, a) for q, a, _ in cases], n=1, temperature=0.0,
+                         max_tokens=8, seed=0)
+    for (q, a, expected), reply in zip(cases, replies):
+        verdict, reason = analysis.parse_verdict(reply[0])
+        assert reason == "" and (verdict.well_posed, verdict.correct, verdict.error_type) == expected
+
+
+def test_structure_kernel_and_exact_topics():
+    import numpy as np
+
+    from soar import analysis
+
+    emb = analysis.load_embedder("addition-structure")
+    x = analysis.embed(emb, ["4321+8765", "4321+8765", "1111+2222", "not a sum"])
+    sim = x @ x.T
+    assert np.isclose(sim[0, 1], 1.0) and sim[0, 2] < 0.5 and np.isclose(sim[0, 3], 0.0)
+    assert analysis.vendi_score(x[:2]) < 1.01 and analysis.vendi_score(x[[0, 2, 3]]) > 2.0
+    assert emb.topics(["4321+8765", "12+3", "hello"]) == ["level 2", "other length", "ill-posed"]

@@ -11,13 +11,14 @@ from soar import config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_default_params_load_as_tiny_profile():
+def test_default_params_load_as_the_addition_world():
     cfg = config.load(ROOT / "params.yaml")
-    assert cfg.profile == "tiny"
-    assert cfg.model.name == "smollm2-135m-instruct"
+    assert cfg.profile == "addition"
+    assert cfg.model.name == "addition" and cfg.fail_at_k.pools == ("addition_test",)
+    assert config.load(ROOT / "params.yaml", {"profile": "tiny"}).model.name == "smollm2-135m-instruct"
 
 
-@pytest.mark.parametrize("profile", ["smoke", "paper"])
+@pytest.mark.parametrize("profile", ["smoke", "paper", "tiny"])
 def test_every_profile_loads(profile):
     cfg = config.load(ROOT / "params.yaml", {"profile": profile})
     assert cfg.profile == profile
