@@ -18,14 +18,23 @@ import numpy as np
 from soar.metrics import aggregate_seeds, pass_at_k
 
 BASE, PS = "base", "ps"  # rows that are not fresh students: the base model and the Promoted Student
-LABELS = {"base": "Base model", "ps": "SOAR-PS", "hard_only": "Hard-Only", "hard_only-g128": "Hard-Only, group 128",
+# Display names, in the order of the paper's table (rows, legends and bars follow it).
+LABELS = {"base": "Base model", "ps": "SOAR-PS",
           "pq-curriculum": "SOAR-PQ (curriculum)", "pq-mixed": "SOAR-PQ (mixed)",
           "grounded_t-curriculum": "Grounded-T (curriculum)", "grounded_t-mixed": "Grounded-T (mixed)",
-          "base_t-curriculum": "Base-T (curriculum)", "base_t-mixed": "Base-T (mixed)",
-          "intrinsic_t-curriculum": "Intrinsic-T (curriculum)", "intrinsic_t-mixed": "Intrinsic-T (mixed)",
           "grounded_t_no_promotion-curriculum": "Grounded-T without promotion (curriculum)",
           "grounded_t_no_promotion-mixed": "Grounded-T without promotion (mixed)",
+          "base_t-curriculum": "Base-T (curriculum)", "base_t-mixed": "Base-T (mixed)",
+          "intrinsic_t-curriculum": "Intrinsic-T (curriculum)", "intrinsic_t-mixed": "Intrinsic-T (mixed)",
+          "hard_only": "Hard-Only", "hard_only-g128": "Hard-Only, group 128",
           "oracle": "Oracle", "oracle-128": "Oracle, 128 random real questions"}
+
+
+def ordered(models) -> list[str]:
+    """Model ids in table order (LABELS), unknown ones last by name: metrics.json stores keys
+    sorted, which is not the order a reader expects."""
+    order = list(LABELS)
+    return sorted(models, key=lambda m: (order.index(m) if m in order else len(order), m))
 # PAPER.md, MATH fail@128 test, pass@k in % (Llama-3.2-3B-Instruct): the reference column of
 # results/tables/paper_vs_ours.md. Keyed by our method names.
 PAPER_MATH = {
@@ -96,6 +105,23 @@ def oracle_share(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int
     return out
 
 
+def vs_hard_only(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """M - Hard-Only in pass@k for every other model M (the question "does it beat Hard-Only on
+    the hard test split?"), with a paired bootstrap 95% CI over test problems."""
+    if "hard_only" not in table:
+        return {}
+    out = {}
+    for m in table:
+        if m == "hard_only":
+            continue
+        out[m] = {}
+        for k in ks:
+            x = np.array([table[name]["per_problem"][str(k)] for name in (m, "hard_only")])  # (2, P)
+            out[m][str(k)] = {"diff": float(x[0].mean() - x[1].mean()),
+                              "ci": _bootstrap(x, n_boot, seed, lambda d: d[0].mean() - d[1].mean())}
+    return out
+
+
 def _share(x: np.ndarray) -> float:
     m, ho, oracle = x.mean(axis=1)
     return (m - ho) / (oracle - ho) if oracle - ho > 1e-12 else float("nan")
@@ -121,7 +147,7 @@ def main_table(metrics: Mapping) -> str:
     'mean ± SD' in % over seeds."""
     ks = metrics["ks"]
     benches = list(metrics["benchmarks"])
-    models = list(dict.fromkeys(m for b in benches for m in metrics["benchmarks"][b]))
+    models = ordered(dict.fromkeys(m for b in benches for m in metrics["benchmarks"][b]))
     head = "| Method | " + " | ".join(f"{b} @{k}" for b in benches for k in ks) + " |"
     lines = [head, "|---" * (1 + len(benches) * len(ks)) + "|"]
     for m in models:
@@ -159,7 +185,7 @@ def paper_vs_ours(metrics: Mapping, *, label: str) -> str:
 def metrics(records: Mapping[str, Mapping[str, Mapping[int, Sequence[Mapping]]]], ks: Sequence[int], *,
             n_samples: int, n_boot: int = 1000, seed: int = 0) -> dict:
     """results/eval/metrics.json from {benchmark: {model: {seed: records}}}: the summary of
-    every model on every benchmark and the Oracle shares."""
+    every model on every benchmark, the Oracle shares and every model's difference to Hard-Only."""
     ks = [int(k) for k in ks]
     if max(ks) > n_samples:
         raise ValueError(f"evaluate.ks {ks} has a k above evaluate.n_samples = {n_samples}")
@@ -169,6 +195,7 @@ def metrics(records: Mapping[str, Mapping[str, Mapping[int, Sequence[Mapping]]]]
     jobs = [recs for runs in records.values() for by_seed in runs.values() for recs in by_seed.values()]
     return {"ks": ks, "n_samples": n_samples, "n_boot": n_boot, "benchmarks": benches,
             "oracle_share": {b: oracle_share(t, ks, n_boot=n_boot, seed=seed) for b, t in benches.items()},
+            "vs_hard_only": {b: vs_hard_only(t, ks, n_boot=n_boot, seed=seed) for b, t in benches.items()},
             "jobs": len(jobs), "wall_s": sum(float(recs[0].get("wall_s", 0.0)) for recs in jobs if recs)}
 
 
