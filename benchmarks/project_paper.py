@@ -4,7 +4,7 @@ Llama-3.2-3B scaled by one efficiency factor fitted to the paper's own reported 
 run (PAPER.md, Compute). The paper's second reported cost (a fresh-student run with its
 evaluation) is the check the fit did not see.
 
-The work model itself is checked here on what can be measured: the tiny profile's retrain +
+The work model itself is checked here on what can be measured: the default profile's retrain +
 evaluate time is predicted from its counted work at CPU throughputs measured in this run (one
 RLOO step and one evaluation batch at the stage's shapes), and compared with the wall time the
 pipeline recorded (results/retrain/metrics.json, results/eval/metrics.json).
@@ -19,6 +19,7 @@ from datetime import date
 import torch
 
 from soar import budget, config, data, paths, prompts
+from soar.models import load_model
 from soar.policy import load_policy, make_optimizer, update
 from soar.retrain import test_sets
 from soar.sampling import encode_prompts, generate
@@ -40,7 +41,7 @@ def mean_prompt_tokens(tokenizer, problems) -> float:
 
 
 def cpu_rates(cfg) -> dict:
-    """Measured on this machine at the tiny stages' shapes: sampled tokens/s of a retrain RLOO
+    """Measured on this machine at the default stages' shapes: sampled tokens/s of a retrain RLOO
     step and of an evaluation batch, trained tokens/s of the RLOO update."""
     rc, ec, g = cfg.retrain, cfg.evaluate, cfg.generation
     policy = load_policy(cfg.model, cfg.student)
@@ -58,7 +59,7 @@ def cpu_rates(cfg) -> dict:
                                          progress=False) for s in row]
         mid = time.perf_counter()
         update(policy, optimizer, scheduler, samples, torch.zeros(len(samples)), kl_coef=cfg.student.kl_coef,
-               max_grad_norm=cfg.student.max_grad_norm)
+               max_grad_norm=cfg.student.max_grad_norm, micro_batch=cfg.student.micro_batch)
         gen_s, train_s = gen_s + mid - start, train_s + time.perf_counter() - mid
         sampled += sum(len(s.completion_ids) for s in samples)
         trained += sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
@@ -73,8 +74,8 @@ def cpu_rates(cfg) -> dict:
             "prompt_tokens": mean_prompt_tokens(policy.tokenizer, hard)}
 
 
-def tiny_check(cfg) -> dict:
-    """Predicted vs recorded retrain + evaluate compute of the tiny profile (None if not run)."""
+def work_model_check(cfg) -> dict:
+    """Predicted vs recorded retrain + evaluate compute of the default profile (None if not run)."""
     rt, ev = (data.read_json(p) if p.exists() else None
               for p in (paths.stage_dir("retrain") / "metrics.json", paths.RESULTS / "eval" / "metrics.json"))
     rates = cpu_rates(cfg)
@@ -128,13 +129,14 @@ def paper_projection(cfg, tokenizer) -> dict:
 
 
 def main() -> None:
-    tiny = config.load()
-    check = tiny_check(tiny)
-    print(f"tiny retrain + evaluate: predicted {check['predicted_s'] / 60:.1f} min, recorded "
+    default = config.load()
+    check = work_model_check(default)
+    print(f"{default.profile} retrain + evaluate: predicted {check['predicted_s'] / 60:.1f} min, recorded "
           f"{check['recorded_s'] and round(check['recorded_s'] / 60, 1)} min")
-    paper = paper_projection(config.load(overrides={"profile": "paper"}), load_policy(tiny.model, tiny.student).tokenizer)
+    # prompt lengths in a Llama-family BPE tokenizer (the embedded SmolLM2's), not the world's digits
+    paper = paper_projection(config.load(overrides={"profile": "paper"}), load_model("smollm2-135m-instruct")[1])
     result = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "device": "cpu", "tiny": check, "paper": paper}
+              "device": "cpu", "profile": default.profile, "check": check, "paper": paper}
     out = paths.BENCHMARKS / "paper_projection.json"
     data.write_json(out, result)
     h, e = paper["gpu_hours"], paper["efficiency"]

@@ -1,1 +1,1 @@
-8b3cf4d5b7302abd/3/8
+0caa9cbf690ffd2b/12/64
