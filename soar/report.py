@@ -1,7 +1,7 @@
-"""The README's numbers, rendered from results/ (never typed): `python -m soar.report`.
+"""The README's and docs' numbers, rendered from results/ (never typed): `python -m soar.report`.
 
 Each block is a markdown table built from one results file; `render` replaces the text between
-`<!-- results:NAME -->` and `<!-- /results:NAME -->` in README.md. A missing results file renders
+`<!-- results:NAME -->` and `<!-- /results:NAME -->` in a page (README.md, docs/*.md). A missing results file renders
 as a line saying which stage produces it, so the README never shows a stale or invented number.
 """
 
@@ -128,6 +128,15 @@ def benchmarks(root: Path) -> str:
             f"({ry['ray_over_inprocess']:.2f}x the in-process time, of which {ry['ray']['startup_s']:.0f} s starting "
             f"the actors; {ry['ray_over_inprocess_without_startup']:.2f}x without it); same metrics and datasets: "
             f"{'yes' if ry['identical_results'] else 'NO'}")
+    wd = _load(root / paths.BENCHMARKS / "world.json")
+    if wd:
+        def shape(r):
+            z = r["shape"]
+            return (f"{z['questions_per_step']} x {z['samples_per_question']} x {z['max_new_tokens']} tokens, "
+                    f"{z['adapter']}")
+        row("World student", wd, f"RLOO inner-loop steps/s, same run: addition world **{wd['world']['steps_per_s']:.2f}** "
+            f"({shape(wd['world'])}) vs SmolLM2-135M {wd['tiny']['steps_per_s']:.3f} ({shape(wd['tiny'])}): "
+            f"**{wd['speedup']:.0f}x**")
     if not rows:
         return _missing(paths.BENCHMARKS, "`make bench`")
     return "\n".join(["| Benchmark | Result | Date | Device |", "|---|---|---|---|", *rows])
@@ -167,7 +176,7 @@ def paper_budget(root: Path) -> str:
     b = _load(root / path)
     if b is None:
         return _missing(path, "`python benchmarks/project_paper.py`")
-    p, t = b["paper"], b["tiny"]
+    p, t, profile = b["paper"], b["check"], b["profile"]
     names = {"soar_grounded_run": "one SOAR run (grounded; no-promotion alike)", "soar_intrinsic_run":
              "one SOAR run (intrinsic)", "retrain": "retrain (every method x pool x seed)", "evaluate": "evaluate",
              "main_table_total": "**the main table**: 3 seeds x 3 SOAR variants + retrain + evaluate"}
@@ -175,7 +184,7 @@ def paper_budget(root: Path) -> str:
              f"{p['gpu_hours'][k][0]:,.0f}–{p['gpu_hours'][k][1]:,.0f}"] for k, w in
             ((k, p["work"][k]) for k in names)]  # stage order, then the total
     e, paper = p["efficiency"], p["paper_gpu_hours"]
-    check = ("not checked (the tiny retrain/evaluate have not recorded their times)" if t["recorded_s"] is None else
+    check = (f"not checked (the {profile} retrain/evaluate have not recorded their times)" if t["recorded_s"] is None else
              f"predicted {t['predicted_s'] / 60:.0f} min, recorded {t['recorded_s'] / 60:.0f} min "
              f"({t['predicted_over_recorded']:.2f}x)")
     return "\n".join([
@@ -188,7 +197,8 @@ def paper_budget(root: Path) -> str:
         f"- The range scales the roofline by the share of it the paper's own reported costs imply: "
         f"{e['soar_run']:.0%} from one SOAR run ({paper['soar_run'][0]:,}–{paper['soar_run'][1]:,} GPU-hours) and "
         f"{e['fresh_student']:.0%} from one fresh student with its evaluation ({paper['fresh_student']} GPU-hours).",
-        f"- Work model check on CPU (tiny retrain + evaluate at throughputs measured in the same run): {check}."])
+        f"- Work model check on CPU ({profile} profile's retrain + evaluate at throughputs measured in the same run): "
+        f"{check}."])
 
 
 def analysis(root: Path) -> str:
@@ -220,7 +230,111 @@ def analysis(root: Path) -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"fail_at_k": fail_at_k, "soar": soar_runs, "main_table": main_table, "analysis": analysis,
+def world(root: Path) -> str:
+    """The addition world's base model, per level: as a student and as a teacher."""
+    path = paths.RESULTS / "pretrain" / "metrics.json"
+    m = _load(root / path)
+    if m is None:
+        return _missing(path, "the pretrain stage")
+    zero = next(k for k in m["levels"][0] if k.startswith("zero_of_"))
+    teacher = {r["topic"]: r for r in m.get("teacher", [])}
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.0%}"
+
+    rows = [[r["level"], pct(r["greedy"]), pct(r["sampled"]), pct(r[zero]),
+             pct(teacher.get(f"level {r['level']}", {}).get("share")),
+             pct(teacher.get(f"level {r['level']}", {}).get("correct"))] for r in m["levels"]]
+    k = zero.removeprefix("zero_of_")
+    lines = [_table(["level (carries)", "student: greedy", "student: sampled", f"student: solved 0 of {k}",
+                     "teacher: share of its questions", "teacher: answer correct"], rows), "",
+             f"{m['parameters']:,} parameters, pretrained in {m['seconds']:.0f} s; student columns: "
+             f"{m['levels'][0]['problems']} train-pool problems per level; teacher columns: "
+             f"{m.get('teacher_samples', 'n/a')} samples of the teacher prompt at temperature 1 (the rest are "
+             "other lengths or ill-posed)."]
+    return "\n".join(lines)
+
+
+def stage_times(root: Path) -> str:
+    """Wall time of each stage of the last run, from its executed notebook (papermill's record)."""
+    books = sorted((root / paths.RESULTS / "notebooks").glob("0*.ipynb"))
+    if not books:
+        return _missing(paths.RESULTS / "notebooks", "`dvc repro`")
+    rows, total = [], 0.0
+    for book in books:
+        meta = json.loads(book.read_text())["metadata"].get("papermill", {})
+        seconds = meta.get("duration") or 0.0
+        total += seconds
+        rows.append([book.stem, f"{seconds / 60:.1f}", (meta.get("end_time") or "")[:10]])
+    rows.append(["**total**", f"**{total / 60:.1f}**", ""])
+    return _table(["stage (executed notebook)", "minutes", "run on"], rows)
+
+
+def findings(root: Path) -> str:
+    """The questions the default run answers, each from its results file: is the grounded teacher
+    reward above 0; does each method beat Hard-Only on the hard test split; what happens to the
+    teachers' diversity; how much of the Oracle's gain is recovered."""
+    from soar.metrics import aggregate_seeds, bootstrap_ci
+
+    def summary(by_seed: dict[str, list[float]]) -> str:
+        by_seed = {s: v for s, v in by_seed.items() if v}
+        if not by_seed:
+            return "no dataset"
+        seeds = aggregate_seeds([sum(v) / len(v) for v in by_seed.values()])
+        pooled = [x for v in by_seed.values() for x in v]
+        lo, hi = bootstrap_ci(pooled)
+        verdict = "above 0" if lo > 0 else "below 0" if hi < 0 else "not distinguishable from 0"
+        return (f"{seeds['mean']:+.3f} ± {seeds['std']:.3f} (mean ± SD over {seeds['n']} seeds; 95% CI over its "
+                f"{len(pooled)} datasets {lo:+.3f} to {hi:+.3f}: **{verdict}**)")
+
+    lines = []
+    variants = sorted({p.parent.parent.name for p in (root / paths.RESULTS / "soar").glob("*/seed*/samples")})
+    for variant in variants:
+        before, after = {}, {}  # per seed: grounded gains against the base student, and after a promotion
+        for run in sorted((root / paths.RESULTS / "soar" / variant).glob("seed*")):
+            log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            first = min([r["step"] for r in log if r.get("promotion")], default=len(log))
+            for f in sorted((run / "samples").glob("step_*.jsonl")):
+                for r in map(json.loads, f.read_text().splitlines()):
+                    (before if r["step"] <= first else after).setdefault(run.name, []).append(r["grounded"])
+        if before or after:
+            lines.append(f"- **Grounded teacher reward, {variant}** (greedy Q_R accuracy of a student trained on a "
+                         f"proposed dataset, minus its baseline's): up to the first promotion "
+                         f"{summary(before)}; after it {summary(after)}.")
+    m = _load(root / paths.RESULTS / "eval" / "metrics.json")
+    if m and m.get("vs_hard_only"):
+        from soar.evaluation import LABELS
+
+        k = str(max(m["ks"]))
+        for bench, diffs in m["vs_hard_only"].items():
+            rows = []
+            for model, by_k in diffs.items():
+                cells = []
+                for kk in ("1", k):
+                    d = by_k[kk]
+                    sign = "**+**" if d["ci"][0] > 0 else "**−**" if d["ci"][1] < 0 else "="
+                    cells.append(f"{100 * d['diff']:+.1f} ({100 * d['ci'][0]:+.1f} to {100 * d['ci'][1]:+.1f}) {sign}")
+                rows.append([LABELS.get(model, model), *cells])
+            lines += ["", f"Difference to Hard-Only on {bench} (hard test split), pass@k in points, paired "
+                      "bootstrap 95% CI over test problems (**+** / **−**: the CI excludes 0):", "",
+                      _table(["model", "pass@1", f"pass@{k}"], rows)]
+    a = _load(root / paths.RESULTS / "analysis" / "metrics.json")
+    if a:
+        vendi = ", ".join(f"{name} {v['mean']:.2f} ± {v['std']:.2f}" for name, v in a["vendi"].items()
+                          if v["mean"] is not None)
+        lines += ["", f"- **Diversity** (Vendi score, {a['embedder']}, mean ± SD over draws): {vendi or 'n/a'}."]
+        for variant in variants:
+            steps = [r["steps"] for r in a["runs"] if r["variant"] == variant]
+            first = [s[0]["diversity"] for s in steps if s and s[0]["diversity"] is not None]
+            last = [s[-1]["diversity"] for s in steps if s and s[-1]["diversity"] is not None]
+            if first and last:
+                lines.append(f"- Within-step diversity of {variant} runs (mean pairwise distance of one outer step's "
+                             f"questions, mean over seeds): first step {sum(first) / len(first):.3f}, last step "
+                             f"{sum(last) / len(last):.3f}.")
+    return "\n".join(lines) if lines else _missing(paths.RESULTS / "soar", "`dvc repro`")
+
+
+BLOCKS = {"world": world, "stage_times": stage_times, "findings": findings, "fail_at_k": fail_at_k, "soar": soar_runs, "main_table": main_table, "analysis": analysis,
           "sweep": sweep, "benchmarks": benchmarks, "paper_budget": paper_budget}
 
 
@@ -238,5 +352,13 @@ def render(readme: str | Path = "README.md", root: str | Path = ".") -> list[str
     return done
 
 
+def pages(root: str | Path = ".") -> list[Path]:
+    """The pages that carry results blocks: README.md and docs/*.md."""
+    root = Path(root)
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
 if __name__ == "__main__":
-    print("rendered:", ", ".join(render(*sys.argv[1:])))
+    root = sys.argv[1] if len(sys.argv) > 1 else "."
+    for page in pages(root):
+        print(f"{page}: rendered", ", ".join(render(page, root)) or "nothing")

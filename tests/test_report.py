@@ -22,15 +22,19 @@ def test_blocks_render_from_results_and_missing_files_are_named(tmp_path):
     assert readme.read_text() == text  # rendering is idempotent
 
 
-def test_readme_agrees_with_the_committed_results(tmp_path):
-    """Every rendered block of README.md equals what `python -m soar.report` makes from results/."""
+def test_readme_and_docs_agree_with_the_committed_results(tmp_path):
+    """Every rendered block of README.md and docs/*.md equals what `python -m soar.report` makes
+    from results/."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    copy = tmp_path / "README.md"
-    copy.write_text((root / "README.md").read_text())
-    report.render(copy, root)
-    assert copy.read_text() == (root / "README.md").read_text(), "README.md is stale: run `python -m soar.report`"
+    pages = report.pages(root)
+    assert root / "README.md" in pages and len(pages) > 1
+    for page in pages:
+        copy = tmp_path / page.name
+        copy.write_text(page.read_text())
+        report.render(copy, root)
+        assert copy.read_text() == page.read_text(), f"{page.name} is stale: run `python -m soar.report`"
 
 
 def test_sweep_block_has_one_row_per_cell_that_ran(tmp_path):
