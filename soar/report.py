@@ -148,16 +148,24 @@ def main_table(root: Path) -> str:
     if m is None or not (root / path).exists():
         return _missing(path, "the evaluate stage")
     lines = [(root / path).read_text().strip(), ""]
+    from soar.evaluation import LABELS, ordered
+
     for bench, shares in m["oracle_share"].items():
         k = str(max(m["ks"]))
-        for method, by_k in shares.items():
-            s = by_k[k]
+        parts = []
+        for method in ordered(shares):
+            s = shares[method][k]
             if s["value"] is None:
-                value = "undefined (the Oracle gains nothing over Hard-Only)"
+                parts.append(f"{LABELS.get(method, method)} undefined")
             else:
-                ci = "n/a" if s["ci"] is None else f"{100 * s['ci'][0]:.0f} to {100 * s['ci'][1]:.0f}%"
-                value = f"{100 * s['value']:.0f}% (95% CI {ci})"
-            lines.append(f"- Oracle gain recovered, {bench} pass@{k}, {method}: {value}")
+                ci = "n/a" if s["ci"] is None else f"{100 * s['ci'][0]:.0f} to {100 * s['ci'][1]:.0f}"
+                parts.append(f"{LABELS.get(method, method)} {100 * s['value']:.0f}% ({ci})")
+        if all(shares[method][k]["value"] is None for method in shares):
+            lines.append(f"Oracle gain recovered, (M − Hard-Only) / (Oracle − Hard-Only), {bench} pass@{k}: undefined "
+                         "for every method, since the Oracle gains nothing over Hard-Only.")
+        elif parts:
+            lines.append(f"Oracle gain recovered, (M − Hard-Only) / (Oracle − Hard-Only), {bench} pass@{k}, 95% CI; "
+                         "undefined where the Oracle gains nothing over Hard-Only: " + "; ".join(parts) + ".")
     some = next(iter(m["benchmarks"].values()))
     row = next(iter(some.values()))
     lines += ["", f"pass@k in %, mean ± SD over {len(row['seeds'])} seeds; {row['problems']} test problems x "
@@ -260,14 +268,18 @@ def stage_times(root: Path) -> str:
     books = sorted((root / paths.RESULTS / "notebooks").glob("0*.ipynb"))
     if not books:
         return _missing(paths.RESULTS / "notebooks", "`dvc repro`")
-    rows, total = [], 0.0
+    groups: dict[str, list[tuple[float, str]]] = {}  # SOAR runs and sweep cells: one row each kind
     for book in books:
         meta = json.loads(book.read_text())["metadata"].get("papermill", {})
-        seconds = meta.get("duration") or 0.0
-        total += seconds
-        rows.append([book.stem, f"{seconds / 60:.1f}", (meta.get("end_time") or "")[:10]])
+        name = book.stem
+        if name.startswith("02_train_soar-"):
+            name = "02_train_soar (sweep cells)" if "-sweep-" in name else "02_train_soar (SOAR runs)"
+        groups.setdefault(name, []).append((meta.get("duration") or 0.0, (meta.get("end_time") or "")[:10]))
+    rows = [[name if len(runs) == 1 else f"{name}, {len(runs)}", f"{sum(s for s, _ in runs) / 60:.1f}",
+             max(d for _, d in runs)] for name, runs in groups.items()]
+    total = sum(s for runs in groups.values() for s, _ in runs)
     rows.append(["**total**", f"**{total / 60:.1f}**", ""])
-    return _table(["stage (executed notebook)", "minutes", "run on"], rows)
+    return _table(["stage (executed notebooks)", "minutes", "run on"], rows)
 
 
 def findings(root: Path) -> str:
@@ -323,14 +335,16 @@ def findings(root: Path) -> str:
         vendi = ", ".join(f"{name} {v['mean']:.2f} ± {v['std']:.2f}" for name, v in a["vendi"].items()
                           if v["mean"] is not None)
         lines += ["", f"- **Diversity** (Vendi score, {a['embedder']}, mean ± SD over draws): {vendi or 'n/a'}."]
+        within = []
         for variant in variants:
             steps = [r["steps"] for r in a["runs"] if r["variant"] == variant]
             first = [s[0]["diversity"] for s in steps if s and s[0]["diversity"] is not None]
             last = [s[-1]["diversity"] for s in steps if s and s[-1]["diversity"] is not None]
             if first and last:
-                lines.append(f"- Within-step diversity of {variant} runs (mean pairwise distance of one outer step's "
-                             f"questions, mean over seeds): first step {sum(first) / len(first):.3f}, last step "
-                             f"{sum(last) / len(last):.3f}.")
+                within.append(f"{variant} {sum(first) / len(first):.3f} → {sum(last) / len(last):.3f}")
+        if within:
+            lines.append("- Within-step diversity (mean pairwise distance of one outer step's questions, first → last "
+                         "step, mean over seeds): " + ", ".join(within) + ".")
     return "\n".join(lines) if lines else _missing(paths.RESULTS / "soar", "`dvc repro`")
 
 
