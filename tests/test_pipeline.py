@@ -24,7 +24,7 @@ CKPT = "checkpoints/soar/grounded/seed0/state.pt"
 
 
 def _run(cmd, cwd):
-    res = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=1500)
+    res = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=2400)
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res.stdout
 
