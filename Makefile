@@ -50,7 +50,7 @@ dry-run: setup
 # How the default world was chosen, on its train pool only (not a DVC stage: ~10 minutes, and the
 # default run does not need it); the executed copy and results/design/ are committed.
 design: setup
-	$(BIN)/papermill --cwd . --progress-bar --log-level WARNING notebooks/design_world.ipynb results/notebooks/design_world.ipynb
+	$(BIN)/python -m soar.stage notebooks/design_world.ipynb results/notebooks/design_world.ipynb
 
 # The opt-in checks (a real local judge server): `make judge-server test-optin`.
 judge-server: setup
