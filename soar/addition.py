@@ -24,6 +24,7 @@ paper's models: the registry resolves `addition` like any other model folder.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -99,6 +100,11 @@ def pool(name: str, *, seed: int = 0) -> list[Problem]:
     which leaves out every problem of addition_test, so no train question is a test question."""
     if name not in POOLS:
         raise ValueError(f"unknown addition pool {name!r}; known: {sorted(POOLS)}")
+    return list(_pool(name, seed))
+
+
+@functools.lru_cache(maxsize=None)  # addition_train is drawn beside the whole addition_test pool
+def _pool(name: str, seed: int) -> tuple[Problem, ...]:
     rng = random.Random(seed_from(seed, POOLS[name]))
     seen = set() if name == "addition_test" else {p.problem for p in pool("addition_test", seed=seed)}
     out = []
@@ -108,7 +114,7 @@ def pool(name: str, *, seed: int = 0) -> list[Problem]:
         if (q := problem(a, b, f"{name}/{len(out):05d}")).problem not in seen:
             seen.add(q.problem)
             out.append(q)
-    return out
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- exact question analysis
@@ -119,12 +125,13 @@ QUESTION = re.compile(r"^([0-9]{1,8})\+([0-9]{1,8})$")
 @dataclass(frozen=True)
 class Reading:
     """What a teacher question is, read exactly: well-posed (an addition of two numbers in the
-    world's notation), its level, and whether the teacher's answer is the sum."""
+    world's notation), its level, whether the teacher's answer is the sum, and the sum."""
 
     well_posed: bool
     level: int | None
     correct: bool | None
     digits: tuple[int, int] | None
+    sum: str | None = None  # in the world's notation (units first)
 
 
 def read(question: str, answer: str | None) -> Reading:
@@ -133,7 +140,7 @@ def read(question: str, answer: str | None) -> Reading:
         return Reading(False, None, None, None)
     a, b = int(m.group(1)[::-1]), int(m.group(2)[::-1])
     ok = answer is not None and answer.strip() == rev(a + b)
-    return Reading(True, carries(a, b), ok, (len(m.group(1)), len(m.group(2))))
+    return Reading(True, carries(a, b), ok, (len(m.group(1)), len(m.group(2))), rev(a + b))
 
 
 def beginner_answer(a: int, b: int) -> int:
@@ -153,12 +160,17 @@ def _literal(s: str) -> str:
     return json.dumps(s)  # a Jinja string literal (same escapes as JSON)
 
 
+def student_prompt_parts() -> tuple[str, str]:
+    """The text of soar.prompts' student prompt before and after its problem."""
+    prefix, suffix = prompts.STUDENT_TEMPLATE.split("{problem}")
+    return prefix.replace("{{", "{").replace("}}", "}"), suffix.replace("{{", "{").replace("}}", "}")
+
+
 def chat_template() -> str:
     """Reads exactly the two SOAR prompts of soar.prompts: the student prompt becomes
     `<s><solve>PROBLEM<sep>`, the teacher prompt `<s><teach><sep>`. Anything else (the judge prompt,
     a one-shot teacher prompt) is an error: this model was never taught to read it."""
-    prefix, suffix = prompts.STUDENT_TEMPLATE.split("{problem}")
-    prefix = prefix.replace("{{", "{").replace("}}", "}")
+    prefix, suffix = student_prompt_parts()
     return (
         "{%- set m = messages[-1]['content'] -%}"
         f"{{%- if messages|length == 1 and m.startswith({_literal(prefix)}) and m.endswith({_literal(suffix)}) -%}}"
@@ -319,7 +331,6 @@ def level_accuracy(model, tokenizer, *, k: int, per_level: int = 40, grader, see
 # ---------------------------------------------------------------- exact question analysis (analysis stage)
 
 TOPICS = tuple(f"level {lv}" for lv in LEVELS) + ("other length", "ill-posed")
-_STUDENT_PREFIX = prompts.STUDENT_TEMPLATE.split("{problem}")[0].replace("{{", "{").replace("}}", "}")
 _JUDGED = re.compile(r"Question: (.*)\nAuthor's answer: (.*)\n\n", re.S)
 
 
@@ -346,15 +357,13 @@ class ExactJudge:
     def _reply(self, text: str) -> str:
         judged = _JUDGED.search(text)
         if judged is None:  # a student prompt: solve it
-            m = QUESTION.match(text[len(_STUDENT_PREFIX):].strip()) if text.startswith(_STUDENT_PREFIX) else None
-            return f"\\boxed{{{rev(int(m.group(1)[::-1]) + int(m.group(2)[::-1]))}}}" if m else "not an addition"
-        question, answer = judged.group(1), judged.group(2)
-        r = read(question, answer)
-        m = QUESTION.match(question.strip())
-        truth = rev(int(m.group(1)[::-1]) + int(m.group(2)[::-1])) if m else None
+            prefix, suffix = student_prompt_parts()
+            solved = read(text[len(prefix):len(text) - len(suffix)], None) if text.startswith(prefix) else None
+            return f"\\boxed{{{solved.sum}}}" if solved and solved.well_posed else "not an addition"
+        r = read(judged.group(1), judged.group(2))
         error = "none" if r.correct else "arithmetic" if r.well_posed else "impossibility"
         return json.dumps({"well_posed": r.well_posed, "correct": r.correct if r.well_posed else None,
-                           "error_type": error, "answer": truth})
+                           "error_type": error, "answer": r.sum})
 
 
 class StructureEmbedder:

@@ -46,9 +46,9 @@ def test_pools_are_seeded_uniform_over_levels_and_disjoint():
 
 
 @pytest.mark.parametrize("question, answer, expected", [
-    ("4321+8765", "2196", addition.Reading(True, 2, True, (4, 4))),  # 1234 + 5678 = 6912
-    ("4321+8765", "6912", addition.Reading(True, 2, False, (4, 4))),  # written the usual way: wrong here
-    ("12+3", "42", addition.Reading(True, 0, True, (2, 1))),  # 21 + 3 = 24
+    ("4321+8765", "2196", addition.Reading(True, 2, True, (4, 4), "2196")),  # 1234 + 5678 = 6912
+    ("4321+8765", "6912", addition.Reading(True, 2, False, (4, 4), "2196")),  # written the usual way: wrong here
+    ("12+3", "42", addition.Reading(True, 0, True, (2, 1), "42")),  # 21 + 3 = 24
     ("12+", "1", addition.Reading(False, None, None, None)),  # not an addition of two numbers
     ("1+2+3", "6", addition.Reading(False, None, None, None)),  # three terms: not this world's question
     ("", None, addition.Reading(False, None, None, None)),
