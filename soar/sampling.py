@@ -3,29 +3,41 @@
 The only module that imports vLLM (optional GPU extra, `backend="vllm"`). The default backend is
 a plain KV-cached decode loop on Hugging Face forward passes, written out here rather than
 `model.generate` because it gives us, for the same code on CPU and GPU:
-- per-sample seeds: sample (i, j) draws from its own generator seeded by seed_from(seed, i, j),
-  so a completion does not depend on which other prompts share its batch (up to float
-  round-off from padding), which makes executors and resumed runs agree;
+- per-sample seeds: sample (i, j) has the seed seed_from(*keys[i], j), and its t-th token is the
+  Gumbel-max of its logits with noise that is a pure hash of (seed, t, token id)
+  (`gumbel_noise`). So a completion depends on its seed and its own context only, not on which
+  other prompts share its batch (up to float round-off from padding), which makes executors and
+  resumed runs agree;
+- sampling on the device (noise, top-p, argmax are tensor ops): a decode step copies only the
+  sampled token ids to the host, for the EOS and stop-string checks;
 - one prefill per distinct prompt, shared by its n samples (the KV cache is gathered);
+- a KV cache allocated once per batch, for the prompt and every new token (`_PreallocatedLayer`):
+  a step writes its column in place instead of copying the whole cache to grow it;
 - mixed LoRA adapters in one batch (peft `adapter_names`): each prompt names the adapter that
   answers it, so several students on one base decode together (batched students);
-- finished rows leave the batch at once, so long stragglers do not pay for short answers;
+- finished rows leave the batch (the batch is compacted once half of it has finished), so long
+  stragglers do not pay for short answers;
 - stop strings and a progress bar with tokens/s.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm  # plain bars: readable in papermill records, no ipywidgets needed
+from transformers.cache_utils import Cache, DynamicLayer
 
+from soar.config import GenerationConfig
 from soar.data import seed_from
 
 
@@ -63,18 +75,101 @@ def eos_ids(model, tokenizer) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gens: list) -> torch.Tensor:
-    """One token per row; each row draws from its own generator. logits: (B, V) -> (B,)."""
+# --- seeded sampling on the device ------------------------------------------------------------
+# Counter-based noise (as Philox or JAX's PRNG): the noise of a token is a hash of (seed,
+# position, token id), so no generator state is carried and none depends on the batch. The hash
+# is integer arithmetic in torch ops (wrapping multiplies; torch's right shift of a signed integer
+# is arithmetic, so every shift is masked to make it logical), the same on every device:
+# splitmix64 (Steele et al. 2014) mixes (seed, position) into a row key, and murmur3's 32-bit
+# finalizer mixes key ^ token code for the (B, V) part, at half the memory traffic of 64 bits.
+
+def _signed(value: int, bits: int) -> int:
+    """The two's-complement value of an unsigned `bits`-bit constant (torch has no uint64 ops)."""
+    value %= 1 << bits
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+_GAMMA64 = 0x9E3779B97F4A7C15  # splitmix64's increment (odd): position t advances the state by t * gamma
+_MIX64 = (_signed(0xBF58476D1CE4E5B9, 64), _signed(0x94D049BB133111EB, 64))
+_GAMMA32 = _signed(0x9E3779B9, 32)  # odd: token id -> code is a bijection of 32-bit integers
+_MIX32 = (_signed(0x85EBCA6B, 32), _signed(0xC2B2AE35, 32))
+
+
+def _splitmix64(z: torch.Tensor) -> torch.Tensor:
+    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * _MIX64[0]
+    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * _MIX64[1]
+    return z ^ ((z >> 31) & ((1 << 33) - 1))
+
+
+def _fmix32_(h: torch.Tensor) -> torch.Tensor:
+    """murmur3's finalizer, in place on int32 (a bijection: distinct inputs stay distinct)."""
+    h ^= (h >> 16) & 0xFFFF
+    h *= _MIX32[0]
+    h ^= (h >> 13) & 0x7FFFF
+    h *= _MIX32[1]
+    h ^= (h >> 16) & 0xFFFF
+    return h
+
+
+def gumbel_noise(seeds: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
+    """Standard Gumbel noise (B, vocab) float32 on seeds' device: row b, token v is a pure function
+    of (seeds[b], position, v). seeds: (B,) int64."""
+    state = seeds + _signed(position * _GAMMA64, 64)
+    key = (_splitmix64(state) >> 32).to(torch.int32)  # the high half: a signed 32-bit value, exact
+    codes = torch.arange(vocab, dtype=torch.int32, device=seeds.device) * _GAMMA32
+    h = _fmix32_(key[:, None] ^ codes)
+    # 23 bits -> u = (2x + 1) / 2^24, exact in float32 and strictly inside (0, 1): the noise is finite
+    u = ((h >> 9) & ((1 << 23) - 1)).float().mul_(2).add_(1).mul_(2.0**-24)
+    return u.log_().neg_().log_().neg_()
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, seeds: torch.Tensor,
+                  position: int) -> torch.Tensor:
+    """One token per row, on the logits' device: argmax at temperature 0, else the Gumbel-max of
+    logits / temperature (restricted to the top-p nucleus), which draws from their softmax.
+    logits: (B, V); seeds: (B,) int64, row b's sample seed; position: the token's index in the
+    completion. -> (B,)"""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()  # (B, V)
+    scores = logits.float() / temperature
     if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix with mass >= top_p
-        sorted_p[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    picks = [torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)]
-    return torch.cat(picks).to(logits.device)
+        # the smallest prefix of the sorted tokens with mass >= top_p; the rest can never win the
+        # argmax, so the draw is from the renormalized nucleus (stable sort: ties by token id)
+        sorted_scores, order = scores.sort(dim=-1, descending=True, stable=True)
+        p = sorted_scores.softmax(-1)
+        drop = p.cumsum(-1) - p > top_p
+        scores = scores.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    return scores.add_(gumbel_noise(seeds, position, scores.shape[-1])).argmax(-1)
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """One layer's KV cache in buffers allocated at the first update for `capacity` positions;
+    keys and values are views of the filled part. A decode step writes its column in place, where
+    a DynamicLayer concatenates, copying the whole cache every token. A view of the filled part
+    (rather than transformers' StaticLayer, which attends over all `capacity` columns every step)
+    keeps attention and its mask as long as the text so far."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            b, h, _, _ = key_states.shape
+            self._k = key_states.new_empty(b, h, self.capacity, key_states.shape[-1])
+            self._v = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+            self.length, self.is_initialized = 0, True
+        end = self.length + key_states.shape[-2]
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._k, self._v = self._k[indices], self._v[indices]
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
 
 
 @torch.no_grad()
@@ -82,65 +177,67 @@ def _decode_batch(model, tokenizer, prompt_ids, jobs, *, max_new_tokens, tempera
                   adapters=None):
     """Decode one batch of (prompt_index, sample_index) jobs; returns {job: (ids, finished)}.
     keys[i]: prompt i's seed key; adapters[i]: the LoRA adapter answering prompt i (or None)."""
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     unique = sorted({i for i, _ in jobs})
     row_of = {i: r for r, i in enumerate(unique)}
     width = max(len(prompt_ids[i]) for i in unique)
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(unique), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(unique), width), dtype=torch.long)
+    prompt_mask = torch.zeros((len(unique), width), dtype=torch.long)
     for r, i in enumerate(unique):  # left padding: every row ends at the same column
         p = prompt_ids[i]
         ids[r, width - len(p):] = torch.tensor(p)
-        attn[r, width - len(p):] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
+        prompt_mask[r, width - len(p):] = 1
+    ids, prompt_mask = ids.to(device), prompt_mask.to(device)
+    pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = Cache(layers=[_PreallocatedLayer(width + max_new_tokens) for _ in range(model.config.num_hidden_layers)])
 
     def mixed(indices):  # peft's mixed-adapter batch: one adapter name per row
         return {} if adapters is None else {"adapter_names": [adapters[i] for i in indices]}
 
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=pos, past_key_values=cache,
                 use_cache=True, logits_to_keep=1, **mixed(unique))
     # One prefill per distinct prompt; fan the cache out to its samples.
     select = torch.tensor([row_of[i] for i, _ in jobs], device=device)
     cache.batch_select_indices(select)
     logits = out.logits[select, -1, :]  # (B, V)
-    attn = attn[select]
+    attn = torch.ones((len(jobs), width + max_new_tokens), dtype=torch.long, device=device)
+    attn[:, :width] = prompt_mask[select]  # the prompt's padding, then every new token
     next_pos = pos[select, -1] + 1  # (B,)
-    gens = [torch.Generator().manual_seed(seed_from(*keys[i], j)) for i, j in jobs]
-    alive = list(range(len(jobs)))  # job indices still decoding, aligned with batch rows
+    seeds = torch.tensor([seed_from(*keys[i], j) for i, j in jobs], device=device)
+    rows = list(range(len(jobs)))  # the job of each batch row; finished rows stay until a compaction
     tokens: list[list[int]] = [[] for _ in jobs]
     finished = [False] * len(jobs)
     max_stop = max((len(s) for s in stop), default=0)
-    for _ in range(max_new_tokens):
-        nxt = _sample_next(logits, temperature, top_p, [gens[a] for a in alive])  # (B,)
-        keep = []
-        for row, a in enumerate(alive):
-            t = int(nxt[row])
-            tokens[a].append(t)
-            done = t in eos
+    for t in range(max_new_tokens):
+        nxt = sample_tokens(logits, temperature, top_p, seeds, t)  # (B,)
+        alive = []  # batch rows still decoding
+        for row, (a, tok) in enumerate(zip(rows, nxt.tolist())):  # the step's one device -> host copy
+            if finished[a]:
+                continue
+            tokens[a].append(tok)
+            done = tok in eos
             if not done and stop:  # decode only the tail: stop strings are short
                 tail = tokenizer.decode(tokens[a][-(max_stop + 8):], skip_special_tokens=True)
                 done = any(s in tail for s in stop)
-            if done:
-                finished[a] = True
-            else:
-                keep.append(row)
-        if not keep:
+            finished[a] = done
+            if not done:
+                alive.append(row)
+        if not alive or t == max_new_tokens - 1:
             break
-        if len(keep) < len(alive):  # drop finished rows from the batch and the cache
-            k = torch.tensor(keep, device=device)
+        # Finished rows leave the batch once they are half of it: a compaction copies the whole
+        # cache, so doing it at every finish would cost a copy per finished row; at half, each
+        # copy is at most half the last one (at most twice the cache in all) and a finished row
+        # is decoded for nothing at most until then.
+        if 2 * len(alive) <= len(rows):
+            k = torch.tensor(alive, device=device)
             cache.batch_select_indices(k)
-            attn, next_pos, nxt = attn[k], next_pos[k], nxt[k]
-            alive = [alive[r] for r in keep]
-        attn = torch.cat([attn, attn.new_ones((len(alive), 1))], dim=-1)
-        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True, **mixed([jobs[a][0] for a in alive]))
+            attn, next_pos, nxt, seeds = attn[k], next_pos[k], nxt[k], seeds[k]
+            rows = [rows[r] for r in alive]
+        out = model(input_ids=nxt[:, None], attention_mask=attn[:, : width + t + 1], position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True, **mixed([jobs[a][0] for a in rows]))
         logits = out.logits[:, -1, :]
-        next_pos = next_pos + 1
+        next_pos += 1
     return {job: (tokens[a], finished[a]) for a, job in enumerate(jobs)}
 
 
@@ -218,86 +315,156 @@ def generate(
 # --- vLLM (generation.backend: vllm) ----------------------------------------------------------
 # vLLM pins its own torch, so it lives in its own environment (the `gpu` extra; README). Not run
 # by the CPU test suite (vLLM needs a GPU); tests/test_sampling.py checks this plumbing against a
-# stand-in `vllm` module. Two kinds of engine:
-# - LoRA policies: one vllm.LLM per base model serves the policies' adapters per request; the
-#   adapters are saved (megabytes) before every call, and when the base itself changes (a
-#   promotion merges a student into it) the engine is rebuilt from the merged weights.
-# - plain models (full fine-tuning, and fail@k's untrained model): one engine per Policy (its
-#   trained copy and its reference share it, soar.policy sets `engine_key`) or per plain model,
-#   holding one model's weights at a time. When the weights asked for are not the ones it holds
-#   (another model of the policy, or the same one after an update, reset, load or promotion:
-#   soar.policy bumps `weights_version`), they are loaded into the engine in place, as TRL's
-#   colocate mode does after each optimizer step: the engine runs in this process
-#   (distributed_executor_backend="external_launcher"), its model's `load_weights` takes
-#   (name, tensor) pairs, and the prefix cache is reset (its KV was computed with the old weights).
+# stand-in `vllm` module. One engine per role: per Policy (under full fine-tuning its trained copy
+# and its reference share it, soar.policy sets `engine_key`) or per model (a LoRA policy's peft
+# model, fail@k's plain model). Each runs in this process, as TRL's colocate mode does
+# (distributed_executor_backend="external_launcher"), so that its model's `load_weights` takes
+# (name, tensor) pairs: the engine is built once, and when the weights it must compute with change
+# they are loaded into it in place and its prefix cache is reset (its KV came from the old weights):
+# - plain models: every weight, when the model asked for is not the one the engine holds (the
+#   policy's other model, or the same one after an update, reset, load or promotion: soar.policy
+#   bumps `weights_version`);
+# - LoRA policies: the base weights after a promotion merged a student into them (`base_version`);
+#   the adapters themselves are served per request, saved (megabytes) before every call. The
+#   reference (adapters switched off) is served as a zero adapter, so it runs through the same
+#   LoRA kernels as the students it is compared with (a kernel difference alone could flip a
+#   greedy answer, and one flip on |Q_R| = 64 is above the promotion threshold tau).
+# An engine is closed, and its temp dir removed, when the last model it serves is garbage collected.
 
 VLLM_GPU_MEMORY = float(os.environ.get("SOAR_VLLM_GPU_MEMORY", "0.3"))  # per engine: teacher and student each have one
+VLLM_MAX_MODEL_LEN = GenerationConfig.max_model_len  # generation.max_model_len (configure)
+_BASE = "__base__"  # peft's adapter name for "no adapter" (the reference), in `adapters` too
 _ENGINES: dict[int, "_VLLMEngine"] = {}
 
 
-def _weights_key(model) -> tuple[int, int]:
-    """Which weights a plain model has now: the model, and its version (soar.policy)."""
-    return id(model), getattr(model, "weights_version", 0)
+def configure(generation: GenerationConfig) -> None:
+    """Take this process's vLLM engine settings from the run's config (generation.max_model_len)
+    for the engines built from now on. A setting of the process, not of a call: an engine outlives
+    the call that builds it, and generate() is given no config. Each stage calls this once after
+    loading its config, as do Ray actors."""
+    global VLLM_MAX_MODEL_LEN
+    VLLM_MAX_MODEL_LEN = generation.max_model_len
 
 
 class _VLLMEngine:
     def __init__(self, model, tokenizer):
-        self.version = getattr(model, "base_version", 0)
         self.dir = Path(tempfile.mkdtemp(prefix="soar-vllm-"))
-        self.calls = 0
-        lora = hasattr(model, "peft_config")
-        base = model.get_base_model() if lora else model
+        self.lora = hasattr(model, "peft_config")
+        self.max_model_len = VLLM_MAX_MODEL_LEN
+        self.users: set[int] = set()  # ids of the live models it serves (_engine)
+        self.calls, self.lora_ids, self.zero = 0, itertools.count(1), None
+        base = model.get_base_model() if self.lora else model
         # the base weights as they are now, without the adapters (peft names them base_layer)
         clean = {k.replace(".base_layer", ""): v for k, v in base.state_dict().items() if "lora_" not in k}
         base.save_pretrained(self.dir / "base", state_dict=clean)
         tokenizer.save_pretrained(self.dir / "base")
         from vllm import LLM  # noqa: PLC0415  (optional extra, imported here only)
 
-        if lora:
+        lora_args = {}
+        if self.lora:
             rank = max(c.r for c in model.peft_config.values())
-            self.llm = LLM(model=str(self.dir / "base"), enable_lora=True,
-                           max_lora_rank=max(8, 1 << (rank - 1).bit_length()),  # vLLM takes powers of two
-                           max_loras=8,  # adapters in one batch (batched students); more are scheduled in turns
-                           gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0)
-            return
-        # In-process worker (TRL's colocate mode), so that load_weights reaches the engine's model.
+            lora_args = {"enable_lora": True, "max_lora_rank": max(8, 1 << (rank - 1).bit_length()),  # powers of two
+                    "max_loras": 8}  # adapters in one batch (batched students); more are scheduled in turns
         # It is a one-process torch.distributed group: vLLM reads these if nothing set them.
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
                            ("MASTER_PORT", str(_free_port()))):
             os.environ.setdefault(key, value)
         self.llm = LLM(model=str(self.dir / "base"), gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0,
-                       distributed_executor_backend="external_launcher")
-        self.holds = _weights_key(model)
+                       max_model_len=self.max_model_len, distributed_executor_backend="external_launcher", **lora_args)
+        self.holds = self._weights(model)
         for f in (self.dir / "base").glob("*.safetensors"):  # loaded; later weights come in place
             f.unlink()
 
+    def _weights(self, model):
+        """Which weights the engine needs for `model` now: a LoRA model's base version, or a plain
+        model and its weights' version (soar.policy)."""
+        return getattr(model, "base_version", 0) if self.lora else (id(model), getattr(model, "weights_version", 0))
+
     def hold(self, model) -> None:
-        """Make the engine compute with `model`'s current weights (a plain model), in place."""
-        if self.holds == _weights_key(model):
+        """Make the engine compute with `model`'s current weights (its base's, under LoRA), in place."""
+        weights = self._weights(model)
+        if self.holds == weights:
             return
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        engine_model.load_weights([(name, p.detach()) for name, p in model.named_parameters()])
+        if self.lora:  # what a promotion changes: the weights under the adapters
+            pairs = [(n, p) for n, p in model.get_base_model().named_parameters() if ".base_layer." in n]
+            names = _engine_names(engine_model, [n for n, _ in pairs])
+            engine_model.load_weights([(name, p.detach()) for name, (_, p) in zip(names, pairs)])
+        else:
+            engine_model.load_weights([(name, p.detach()) for name, p in model.named_parameters()])
         self.llm.reset_prefix_cache()
-        self.holds = _weights_key(model)
+        self.holds = weights
 
-    def lora_requests(self, model, names):
-        """A LoRARequest per adapter name, from the adapter's weights saved now (a new id each
-        call: the weights changed since the last one)."""
+    def lora_requests(self, model, names: list[str]) -> list:
+        """A LoRARequest per name: the adapter's weights saved now (a new id each call: they changed
+        since the last one), or for _BASE the zero adapter (saved once; its output is the base's)."""
         from vllm.lora.request import LoRARequest  # noqa: PLC0415
 
         self.calls += 1
-        out = {}
-        for k, name in enumerate(sorted(set(names))):
-            path = self.dir / f"call{self.calls}"
-            model.save_pretrained(path, selected_adapters=[name])
-            path = path if name == "default" else path / name  # peft saves other adapters in subfolders
-            out[name] = LoRARequest(f"{name}-{self.calls}", self.calls * 1000 + k + 1, str(path))
+        out = {name: LoRARequest(f"{name}-{self.calls}", next(self.lora_ids),
+                                 str(_save_adapter(model, name, self.dir / f"call{self.calls}")))
+               for name in sorted(set(names) - {_BASE})}
         shutil.rmtree(self.dir / f"call{self.calls - 1}", ignore_errors=True)  # vLLM has loaded it
-        return out
+        if _BASE in names:
+            if self.zero is None:
+                path = _save_adapter(model, model.active_adapter, self.dir / "zero")
+                weights = path / "adapter_model.safetensors"
+                save_file({k: torch.zeros_like(v) for k, v in load_file(weights).items()}, weights)
+                self.zero = LoRARequest("zero", next(self.lora_ids), str(path))
+            out[_BASE] = self.zero
+        return [out[name] for name in names]
 
     def close(self):
         del self.llm
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _engine(model, tokenizer) -> _VLLMEngine:
+    """The engine serving `model`, built on first use. Closed when the last model it serves is
+    garbage collected (weakref.finalize), so that no engine outlives its models, nor answers for a
+    later model that happens to reuse a dead one's id."""
+    key = getattr(model, "engine_key", id(model))
+    engine = _ENGINES.get(key)
+    if engine is None:
+        engine = _ENGINES[key] = _VLLMEngine(model, tokenizer)
+    if id(model) not in engine.users:
+        engine.users.add(id(model))
+        weakref.finalize(model, _release, key, id(model))
+    return engine
+
+
+def _release(key: int, user: int) -> None:
+    engine = _ENGINES.get(key)
+    if engine is None or user not in engine.users:
+        return
+    engine.users.discard(user)
+    if not engine.users:
+        del _ENGINES[key]
+        engine.close()
+
+
+def _save_adapter(model, name: str, path: Path) -> Path:
+    """Save peft adapter `name` under path; the folder that holds it."""
+    model.save_pretrained(path, selected_adapters=[name])
+    return path if name == "default" else path / name  # peft saves other adapters in subfolders
+
+
+def _engine_names(engine_model, names: list[str]) -> list[str]:
+    """peft's names of base weights (`model.layers.0.self_attn.q_proj.base_layer.weight`) as the
+    engine's load_weights takes them: HF names, with `.base_layer` kept where the engine's own
+    parameter has it. vLLM wraps the linear layers of a LoRA engine as peft does (the weight moves
+    to `<layer>.base_layer.weight`, so a plain HF name is not found), and its load_weights maps
+    HF names onto stacked layers (q, k, v -> qkv_proj) by renaming, so a layer is looked up under
+    its stacked name."""
+    have = {n for n, _ in engine_model.named_parameters()}
+    stacked = {part: whole for whole, parts in getattr(engine_model, "packed_modules_mapping", {}).items()
+               for part in parts}
+    out = []
+    for name in names:
+        layer, _, leaf = name.partition(".base_layer.")
+        parent, _, last = layer.rpartition(".")
+        out.append(name if f"{parent}.{stacked.get(last, last)}.base_layer.{leaf}" in have else f"{layer}.{leaf}")
+    return out
 
 
 def _free_port() -> int:
@@ -310,35 +477,33 @@ def _free_port() -> int:
 
 def _generate_vllm(model, tokenizer, prompts, *, n, max_new_tokens, temperature, top_p, stop, keys, adapters):
     """generate() on vLLM: one request per prompt with n samples and its own seed (its key).
-    LoRA policies: the adapter that answers each prompt (the active one, or `adapters[i]`; none
-    inside Policy.reference()) on an engine holding the current base weights. Plain models
-    (full fine-tuning, fail@k): the engine computes with the model's current weights."""
+    LoRA policies: the adapter that answers each prompt (the active one, or `adapters[i]`; the zero
+    adapter inside Policy.reference() and for "__base__") on an engine holding the current base
+    weights. Plain models (full fine-tuning, fail@k): the engine computes with the model's current
+    weights."""
     from vllm import SamplingParams  # noqa: PLC0415  (optional extra, imported here only)
     from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
     lora = hasattr(model, "peft_config")
     if not lora and adapters is not None:
         raise ValueError("per-prompt adapters need a LoRA model (batched students: adapter: lora)")
-    key = getattr(model, "engine_key", id(model))
-    engine = _ENGINES.get(key)
-    if lora and engine is not None and engine.version != getattr(model, "base_version", 0):
-        engine.close()  # a promotion changed the base
-        engine = None
-    if engine is None:
-        engine = _ENGINES[key] = _VLLMEngine(model, tokenizer)
-    names, requests = None, {}
+    engine = _engine(model, tokenizer)
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    longest = max(map(len, prompt_ids), default=0) + max_new_tokens
+    if longest > engine.max_model_len:
+        raise ValueError(f"a prompt of {longest - max_new_tokens} tokens + max_new_tokens {max_new_tokens} is longer "
+                         f"than the vLLM engine's {engine.max_model_len} (generation.max_model_len)")
+    engine.hold(model)
+    requests = None
     if lora:
         disabled = any(getattr(m, "disable_adapters", False) for m in model.modules() if hasattr(m, "lora_A"))
-        names = None if disabled else list(adapters) if adapters is not None else [model.active_adapter] * len(prompts)
-        requests = engine.lora_requests(model, [x for x in names if x != "__base__"]) if names else {}
-    else:
-        engine.hold(model)
-    prompt_ids = encode_prompts(tokenizer, prompts)
+        names = [_BASE] * len(prompts) if disabled else list(adapters or [model.active_adapter] * len(prompts))
+        requests = engine.lora_requests(model, names)
     params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                              stop=list(stop) or None, include_stop_str_in_output=True, seed=seed_from(*keys[i]) % 2**32)
               for i in range(len(prompts))]
     outs = engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False,
-                               lora_request=[requests.get(x) for x in names] if names else None)
+                               lora_request=requests)
     return [
         [Sample(i, j, tuple(prompt_ids[i]), tuple(c.token_ids), c.text, c.finish_reason == "stop")
          for j, c in enumerate(o.outputs)]

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy.stats import chisquare
 
+from soar.data import seed_from
 from soar.prompts import student_messages
-from soar.sampling import encode_prompts, generate
+from soar.sampling import encode_prompts, eos_ids, generate, gumbel_noise, sample_tokens
 
 PROMPTS = [student_messages("What is 2 + 3?"), student_messages("What is 7 times 6? Explain briefly.")]
 
@@ -31,22 +33,35 @@ def test_same_seed_same_samples_and_other_seed_differs(smol):
     assert ids(a) != ids(c)
 
 
-def test_per_sample_seeds_do_not_depend_on_batching(smol):
-    """Sample (i, j) draws from its own generator: batch size 1 and batch size 4 agree."""
+def test_a_sample_does_not_depend_on_its_batch(smol):
+    """Sample (i, j) draws with its own seed's noise: batch sizes 1, 3 and 8, and a prompt alone or
+    beside others (with the same key), give the same tokens (fp32 CPU: exactly)."""
     model, tok = smol
-    big = generate(model, tok, PROMPTS, n=2, max_new_tokens=10, seed=3, batch_size=4, progress=False)
-    one = generate(model, tok, PROMPTS, n=2, max_new_tokens=10, seed=3, batch_size=1, progress=False)
-    assert [s.completion_ids for r in big for s in r] == [s.completion_ids for r in one for s in r]
+    prompts = [*PROMPTS, [{"role": "user", "content": "Hi"}]]
+    keys = [(3, 0), (3, 1), (3, 2)]
+    ids = lambda rows: [s.completion_ids for row in rows for s in row]  # noqa: E731
+    runs = [ids(generate(model, tok, prompts, n=2, max_new_tokens=10, keys=keys, batch_size=b, top_p=0.9,
+                         progress=False)) for b in (1, 3, 8)]
+    assert runs[0] == runs[1] == runs[2]
+    alone = generate(model, tok, prompts[1:2], n=2, max_new_tokens=10, keys=keys[1:2], top_p=0.9, progress=False)
+    assert ids(alone) == runs[2][2:4]
 
 
 def test_greedy_matches_hf_generate(smol):
-    """Our KV-cached loop (left padding, explicit positions) equals transformers' greedy decode."""
+    """Our loop (left padding, explicit positions, rows leaving the batch at EOS) equals
+    transformers' greedy decode of each prompt alone, token for token, EOS included."""
     model, tok = smol
-    out = generate(model, tok, PROMPTS, n=1, max_new_tokens=12, temperature=0.0, progress=False)
-    for i, p in enumerate(PROMPTS):
+    prompts = [[{"role": "user", "content": "Hi"}],  # these two stop early (EOS after 10 and 8 tokens),
+               [{"role": "user", "content": "What is 2+2? Answer with a number only."}],  # so the batch is compacted
+               *PROMPTS]
+    out = generate(model, tok, prompts, n=1, max_new_tokens=24, temperature=0.0, progress=False)
+    for i, p in enumerate(prompts):
         ids = torch.tensor([encode_prompts(tok, [p])[0]])
-        ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12)
-        assert list(out[i][0].completion_ids) == ref[0, ids.shape[1]:].tolist()
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24)
+        ref = ref[0, ids.shape[1]:].tolist()
+        assert list(out[i][0].completion_ids) == ref
+        assert out[i][0].finished == (ref[-1] in eos_ids(model, tok))
+    assert [row[0].finished for row in out][:2] == [True, True]
 
 
 def test_stop_string_cuts_the_text(smol):
@@ -63,6 +78,46 @@ def test_top_p_small_is_greedy(smol):
     greedy = generate(model, tok, PROMPTS[:1], n=1, max_new_tokens=8, temperature=0.0, progress=False)
     nucleus = generate(model, tok, PROMPTS[:1], n=2, max_new_tokens=8, temperature=1.0, top_p=1e-6, progress=False)
     assert all(s.completion_ids == greedy[0][0].completion_ids for s in nucleus[0])
+
+
+# --- the sampler alone: counter-based Gumbel noise ----------------------------------------------
+
+LOGITS = torch.tensor([0.0, 2.0, -3.0, 1.0, -1.0, 0.5])  # not sorted: the nucleus maps back to token ids
+SEEDS = torch.tensor([seed_from(7, k) for k in range(40_000)])
+
+
+def test_gumbel_noise_is_a_pure_function_of_seed_position_and_token():
+    seeds = SEEDS[:4]
+    noise = gumbel_noise(seeds, 5, 1000)
+    assert torch.equal(noise, gumbel_noise(seeds, 5, 1000))
+    assert torch.equal(noise[2], gumbel_noise(seeds[2:3], 5, 1000)[0])  # a row does not depend on the others
+    assert torch.equal(noise[:, :10], gumbel_noise(seeds, 5, 10))  # nor on the vocabulary size
+    other_position = gumbel_noise(seeds, 6, 1000)
+    for a in range(4):
+        assert (noise[a] != other_position[a]).float().mean() > 0.99
+        for b in range(a):
+            assert (noise[a] != noise[b]).float().mean() > 0.99
+    wide = gumbel_noise(torch.tensor([2**63 - 1, -(2**63)]), 2**40, 200_000)  # int64 wraps without error
+    assert torch.isfinite(wide).all()
+    assert abs(wide.mean() - 0.5772) < 0.01 and abs(wide.std() - torch.pi / 6**0.5) < 0.01  # standard Gumbel
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_gumbel_max_draws_from_the_softmax(temperature):
+    picks = sample_tokens(LOGITS.expand(len(SEEDS), -1), temperature, 1.0, SEEDS, 3)
+    counts = torch.bincount(picks, minlength=len(LOGITS))
+    expected = torch.softmax(LOGITS.double() / temperature, -1) * len(SEEDS)
+    assert chisquare(counts.numpy(), expected.numpy()).pvalue > 1e-3
+
+
+def test_top_p_draws_from_the_renormalized_nucleus():
+    probs = torch.softmax(LOGITS.double(), -1)  # sorted: 0.57 (token 1), 0.21 (3), 0.13 (5), 0.08 (0), ...
+    nucleus = [1, 3, 5]  # the smallest set of most likely tokens with mass >= 0.8
+    picks = sample_tokens(LOGITS.expand(len(SEEDS), -1), 1.0, 0.8, SEEDS, 0)
+    assert set(picks.tolist()) == set(nucleus)
+    counts = torch.bincount(picks, minlength=len(LOGITS))[nucleus]
+    expected = probs[nucleus] / probs[nucleus].sum() * len(SEEDS)
+    assert chisquare(counts.numpy(), expected.numpy()).pvalue > 1e-3
 
 
 # --- generation.backend: vllm, against a stand-in `vllm` module --------------------------------
@@ -82,19 +137,39 @@ def fake_vllm(monkeypatch, tmp_path):
     from soar import sampling
 
     engines = []
+    stack = {".q_proj": ".qkv_proj", ".k_proj": ".qkv_proj", ".v_proj": ".qkv_proj", ".gate_proj": ".gate_up_proj",
+             ".up_proj": ".gate_up_proj"}
+
+    def stacked(name):  # vLLM's load_weights renames HF names onto its stacked layers
+        part = next((p for p in stack if p in name), None)
+        return name.replace(part, stack[part]) if part else name
 
     class EngineModel:  # llm.llm_engine.model_executor.driver_worker.model_runner.model
-        def __init__(self):
-            self.loads = []
+        """vLLM's parameter names: stacked layers (q, k, v -> qkv_proj) and, in a LoRA engine, every
+        linear layer wrapped (its weight under base_layer). load_weights takes HF names and fails on
+        a name it cannot place, as vLLM's does (params_dict[name])."""
+
+        packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+        def __init__(self, hf_names, lora):
+            wrap = lambda n: n.replace("_proj.weight", "_proj.base_layer.weight") if lora else n  # noqa: E731
+            self.params, self.loads = {wrap(stacked(n)) for n in hf_names}, []
+
+        def named_parameters(self):
+            return [(n, None) for n in sorted(self.params)]
 
         def load_weights(self, weights):
-            self.loads.append({name: t.detach().clone() for name, t in weights})
+            weights = {name: t.detach().clone() for name, t in weights}
+            unknown = [n for n in weights if stacked(n) not in self.params]
+            if unknown:
+                raise KeyError(unknown[0])
+            self.loads.append(weights)
 
     class LLM:
         def __init__(self, model, **kw):
             self.dir, self.kw, self.calls, self.prefix_resets = model, kw, [], 0
             self.weights = load_file(f"{model}/model.safetensors")  # what vLLM would load
-            self.model = EngineModel()
+            self.model = EngineModel(self.weights, kw.get("enable_lora", False))
             worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
             self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker))
             engines.append(self)
@@ -126,15 +201,25 @@ def fake_vllm(monkeypatch, tmp_path):
         e.close()
 
 
-def test_vllm_backend_serves_the_adapters_and_rebuilds_after_a_promotion(fake_vllm):
-    from soar.data import seed_from
+def _tiny(tok):
+    """A small random Llama on the real tokenizer (the stand-in never runs it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+
+
+def test_vllm_backend_serves_the_adapters_and_loads_a_promotion_in_place(fake_vllm):
+    from soar.config import GenerationConfig
     from soar.models import load_model
     from soar.policy import Policy
 
     engines = fake_vllm
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     policy = Policy(model, tok, adapter="lora", lora_r=4, lora_alpha=8)
-    q_base = policy.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    q = "model.layers.0.self_attn.q_proj.weight"
+    q_base = policy.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.clone()
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(0.01)  # a trained adapter
@@ -142,7 +227,9 @@ def test_vllm_backend_serves_the_adapters_and_rebuilds_after_a_promotion(fake_vl
     assert [[s.completion_ids for s in row] for row in out] == [[(7, 8)] * 2] * 2
     engine = engines[0]
     assert engine.kw["enable_lora"] and engine.kw["max_lora_rank"] >= 4
-    assert torch.equal(engine.weights["model.layers.0.self_attn.q_proj.weight"], q_base)  # the base, no LoRA keys
+    assert engine.kw["distributed_executor_backend"] == "external_launcher"  # in process: load_weights reaches it
+    assert engine.kw["max_model_len"] == GenerationConfig().max_model_len
+    assert torch.equal(engine.weights[q], q_base)  # the base, no LoRA keys
     assert not any("lora" in k for k in engine.weights)
     call = engine.calls[0]
     assert call.prompts == encode_prompts(tok, PROMPTS)
@@ -151,46 +238,107 @@ def test_vllm_backend_serves_the_adapters_and_rebuilds_after_a_promotion(fake_vl
     state = policy.state()
     assert torch.equal(call.adapters[0][key], state[next(k for k in state if "layers.0.self_attn.q_proj.lora_B" in k)])
 
-    with policy.reference() as base:  # the baseline student: no adapter
+    with policy.reference() as base:  # the baseline student: a zero adapter, the students' LoRA path
         generate(base, tok, PROMPTS, n=1, backend="vllm")
-    assert engine.calls[1].requests is None
+        generate(base, tok, PROMPTS, n=1, backend="vllm")
+    zero = engine.calls[1].requests
+    assert len({r.id for r in zero}) == 1 and engine.calls[2].requests == zero  # saved once, one id
+    assert set(engine.calls[1].adapters[0]) == set(call.adapters[0])  # the policy's adapter, all zeros
+    assert not any(t.any() for t in engine.calls[1].adapters[0].values())
 
     with policy.students([1, 2]) as names:  # batched students: one adapter per prompt
         generate(policy.model, tok, PROMPTS, n=1, backend="vllm", adapters=names)
-        requests = engine.calls[2].requests
+        requests = engine.calls[3].requests
         assert len({r.id for r in requests}) == 2 and all(names[k] in r.lora_path for k, r in enumerate(requests))
+        assert zero[0].id not in {r.id for r in requests}
+        generate(policy.model, tok, PROMPTS, n=1, backend="vllm", adapters=[names[0], "__base__"])
+        assert engine.calls[4].requests[1] == zero[0]
 
-    policy.merge(state)  # a promotion changes the base: a new engine holds the merged weights
+    policy.merge(state)  # a promotion changes the base: loaded into the same engine, in place
     generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
-    assert len(engines) == 2 and not Path(engine.dir).exists()
-    assert torch.equal(engines[1].weights["model.layers.0.self_attn.q_proj.weight"], q_base)
-    q = "model.layers.0.self_attn.q_proj.weight"
-    assert not torch.equal(engines[1].weights[q], engine.weights[q])
+    assert len(engines) == 1 and len(engine.model.loads) == 1 and engine.prefix_resets == 1
+    loaded, base_model = engine.model.loads[0], policy.model.get_base_model()
+    # the weights under the adapters, under peft's names: the engine wraps its linear layers too
+    assert sorted(loaded) == sorted(n for n, _ in base_model.named_parameters() if ".base_layer." in n)
+    merged = base_model.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert torch.equal(loaded["model.layers.0.self_attn.q_proj.base_layer.weight"], merged)
+    assert not torch.equal(merged, q_base)
+    generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
+    assert len(engine.model.loads) == 1  # an unchanged base is not loaded again
+
+
+def test_lora_base_weights_take_the_engines_names():
+    """`.base_layer` stays where the engine's (stacked) layer is wrapped, and goes where it is not."""
+    from types import SimpleNamespace
+
+    from soar.sampling import _engine_names
+
+    names = ["model.layers.0.self_attn.k_proj.base_layer.weight", "model.layers.0.mlp.down_proj.base_layer.weight"]
+    have = ["model.layers.0.self_attn.qkv_proj.base_layer.weight", "model.layers.0.mlp.down_proj.weight"]
+    engine = SimpleNamespace(named_parameters=lambda: [(n, None) for n in have],
+                             packed_modules_mapping={"qkv_proj": ["q_proj", "k_proj", "v_proj"]})
+    assert _engine_names(engine, names) == [names[0], "model.layers.0.mlp.down_proj.weight"]
+
+
+def test_vllm_engines_are_sized_by_generation_max_model_len(fake_vllm, smol, monkeypatch):
+    from soar import sampling
+    from soar.config import GenerationConfig
+
+    tok = smol[1]
+    monkeypatch.setattr(sampling, "VLLM_MAX_MODEL_LEN", sampling.VLLM_MAX_MODEL_LEN)  # configure() undone after
+    longest = max(map(len, encode_prompts(tok, PROMPTS)))
+    sampling.configure(GenerationConfig(max_model_len=longest + 16))
+    model = _tiny(tok)
+    generate(model, tok, PROMPTS, n=1, max_new_tokens=16, backend="vllm")
+    assert fake_vllm[0].kw["max_model_len"] == longest + 16
+    with pytest.raises(ValueError, match="generation.max_model_len"):
+        generate(model, tok, PROMPTS, n=1, max_new_tokens=17, backend="vllm")
+
+
+def test_vllm_engines_close_with_their_models(fake_vllm, smol):
+    """An engine is closed and its temp dir removed when the last model it serves is gone."""
+    import gc
+
+    from soar import sampling
+    from soar.policy import Policy
+
+    engines, tok = fake_vllm, smol[1]
+    plain = _tiny(tok)
+    generate(plain, tok, PROMPTS, n=1, backend="vllm")
+    full = Policy(_tiny(tok), tok, adapter="full")
+    generate(full.model, tok, PROMPTS, n=1, backend="vllm")
+    with full.reference() as base:  # the same engine serves both models of the policy
+        generate(base, tok, PROMPTS, n=1, backend="vllm")
+    lora = Policy(_tiny(tok), tok, adapter="lora", lora_r=2, lora_alpha=4)
+    generate(lora.model, tok, PROMPTS, n=1, backend="vllm")
+    dirs = [Path(e.dir).parent for e in engines]  # each engine's temp dir
+    assert len(sampling._ENGINES) == 3 and all(d.exists() for d in dirs)
+    del plain
+    gc.collect()
+    assert len(sampling._ENGINES) == 2 and not dirs[0].exists()
+    del full, base
+    gc.collect()
+    assert len(sampling._ENGINES) == 1 and not dirs[1].exists()
+    del lora
+    gc.collect()
+    assert not sampling._ENGINES and not dirs[2].exists()
 
 
 def test_vllm_backend_syncs_full_fine_tuning_weights_in_place(fake_vllm, smol):
     """adapter: full (paper) and fail@k's plain model: one engine per policy, built once; after
     every change of the weights (an optimizer step, a reset, a promotion) the next generate loads
     them into the engine in place (TRL colocate's load_weights) and resets its prefix cache."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from soar.policy import Policy, make_optimizer, update
 
     engines, tok = fake_vllm, smol[1]
-
-    def tiny():  # a small random Llama on the real tokenizer (the stand-in never runs it)
-        torch.manual_seed(0)
-        return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
-
-    plain = tiny()  # fail@k: an untrained model, no adapter
+    plain = _tiny(tok)  # fail@k: an untrained model, no adapter
     generate(plain, tok, PROMPTS, n=2, backend="vllm")
     assert engines[0].kw["distributed_executor_backend"] == "external_launcher"
     assert "enable_lora" not in engines[0].kw and not engines[0].model.loads
     with pytest.raises(ValueError, match="LoRA"):
         generate(plain, tok, PROMPTS, n=1, backend="vllm", adapters=["a", "b"])
 
-    policy = Policy(tiny(), tok, adapter="full")
+    policy = Policy(_tiny(tok), tok, adapter="full")
     generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
     engine = engines[1]
     q = "model.layers.0.self_attn.q_proj.weight"
