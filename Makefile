@@ -67,6 +67,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_batched.py
 	$(BIN)/python benchmarks/bench_ray.py
 	$(BIN)/python benchmarks/bench_world.py
+	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/project_paper.py
 	$(BIN)/python -m soar.report
 

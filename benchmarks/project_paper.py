@@ -2,7 +2,9 @@
 stage counted from the resolved paper config (`soar.budget`), at H100 roofline throughputs for
 Llama-3.2-3B scaled by one efficiency factor fitted to the paper's own reported cost of a SOAR
 run (PAPER.md, Compute). The paper's second reported cost (a fresh-student run with its
-evaluation) is the check the fit did not see.
+evaluation) is the check the fit did not see. Then one outer step on one node of 8 H100s as the
+memory plan places the paper profile (`node_placement`): the knobs it needs to fit 80 GiB, how
+many GPUs train students, and the wall-clock and GPU-hours of an outer step.
 
 The work model itself is checked here on what can be measured: the default profile's retrain +
 evaluate time is predicted from its counted work at CPU throughputs measured in this run (one
@@ -25,9 +27,10 @@ from soar.retrain import test_sets
 from soar.sampling import encode_prompts, generate
 from soar.teacher import teacher_prompt
 
-# Llama-3.2-3B-Instruct (its config.json): 3.21e9 parameters, 28 layers, 8 KV heads x 128, bf16.
-LLAMA_3B = budget.Shape(params=3.21e9, kv_bytes_per_token=2 * 28 * 8 * 128 * 2)
+# Llama-3.2-3B-Instruct in bf16, its shape from its config.json (shipped: benchmarks/llama-3.2-3b)
+LLAMA_3B = budget.architecture("meta-llama/Llama-3.2-3B-Instruct").shape(bytes_per_param=2)
 H100 = budget.Hardware("H100 SXM", flops=989e12, bandwidth=3.35e12)  # dense BF16 FLOP/s, HBM3 bytes/s
+H100_MEMORY, NODE = 80 * budget.GiB, 8  # one node of 8 H100 80GB (PAPER.md: 4 such nodes per SOAR run)
 # PAPER.md: fail@128 test sizes of the paper's pools; one SOAR run 1,500-1,900 GPU-hours;
 # "one fresh-student evaluation: about 12 hours on one 8-GPU node".
 PAPER_TEST = {"math_test": 360, "olympiadbench": 158}
@@ -89,6 +92,36 @@ def work_model_check(cfg) -> dict:
             "predicted_over_recorded": recorded and predicted / recorded}
 
 
+def node_placement(cfg, *, prompt: float, teacher_prompt: float, efficiency: dict) -> dict:
+    """One outer step on NODE H100s as the memory plan places the paper profile: the knobs it adds
+    so that each GPU holds its share, and per layout the student GPUs and the hours of an outer
+    step at the roofline scaled by each efficiency (the range): in-process (the profile's
+    `parallel`: the teacher on one GPU, the run's student on another, the rest idle) and with a
+    Ray actor on each GPU the driver does not hold."""
+    fitted = budget.fitting(cfg, [H100_MEMORY] * NODE, prompt=prompt)
+    if fitted is None:
+        raise SystemExit(f"the paper profile does not fit {NODE} x H100 with any knob of the memory plan")
+    fit, _, knobs = fitted
+    rates = budget.roofline_rates(LLAMA_3B, H100, batch=fit.generation.batch_size,
+                                  context=prompt + fit.student.max_new_tokens / 2, full=fit.student.adapter == "full",
+                                  kl=fit.student.kl_coef > 0, recompute=fit.student.gradient_checkpointing)
+    step = budget.soar_step_work(fit, prompt=prompt, teacher_prompt=teacher_prompt)
+    layouts = {"inprocess": fit,
+               "ray": budget.override(fit, parallel={"backend": "ray", "workers": NODE - 2, "gpus_per_worker": 1.0})}
+    out = {"gpus": NODE, "gpu_memory_gib": H100_MEMORY / budget.GiB, "knobs": knobs, "roofline": rates, "layouts": {}}
+    for name, layout in layouts.items():
+        plan = budget.memory_plan(layout, [H100_MEMORY] * NODE, prompt=prompt)
+        spans = [budget.outer_step_hours(layout, plan, step, student=(rates[0] * e, rates[1] * e),
+                                         teacher=(rates[0] * e, rates[1] * e))
+                 for e in sorted(efficiency.values(), reverse=True)]  # fastest first
+        out["layouts"][name] = {"fits": plan.fits, "placement": plan.placement,
+                                "student_slots": spans[0]["student_slots"], "busy_slots": spans[0]["busy_slots"],
+                                **{k: [s[k] for s in spans] for k in ("wall_hours", "busy_gpu_hours")},
+                                "node_gpu_hours": [s["wall_hours"] * NODE for s in spans],  # the node is held
+                                "run_wall_hours": [s["wall_hours"] * fit.soar.outer_steps for s in spans]}
+    return out
+
+
 def paper_projection(cfg, tokenizer) -> dict:
     """GPU-hours of the paper profile's stages at H100 roofline throughputs scaled by the
     efficiency that reproduces the paper's reported SOAR-run cost."""
@@ -125,6 +158,8 @@ def paper_projection(cfg, tokenizer) -> dict:
         "work": {k: {"sampled": w.sampled, "trained": w.trained} for k, w in work.items()},
         "ideal_gpu_hours": {k: ideal(w) for k, w in work.items()},
         "gpu_hours": {k: [ideal(w) / lo, ideal(w) / hi] for k, w in work.items()},
+        "paper_gpu_hours_per_outer_step": [h / cfg.soar.outer_steps for h in PAPER_SOAR_GPU_HOURS],
+        "node": node_placement(cfg, prompt=prompt, teacher_prompt=teacher, efficiency=efficiency),
     }
 
 
@@ -144,6 +179,10 @@ def main() -> None:
     print(f"paper profile, projected H100-hours: SOAR run {span('soar_grounded_run')}, retrain {span('retrain')}, "
           f"evaluate {span('evaluate')}; roofline share {e['soar_run']:.2f} (SOAR run) / {e['fresh_student']:.2f} "
           f"(fresh student) -> {out}")
+    node = paper["node"]
+    print(f"one outer step on {node['gpus']} x H100 (memory plan knobs: {', '.join(node['knobs']) or 'none'}): "
+          + "; ".join(f"{name}: {v['student_slots']} student GPUs, {v['wall_hours'][0]:.2f}-{v['wall_hours'][1]:.2f} h wall, "
+                      f"{v['node_gpu_hours'][0]:.1f}-{v['node_gpu_hours'][1]:.1f} GPU-hours held" for name, v in node["layouts"].items()))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,38 @@
-"""What a profile costs: the tokens each stage samples and trains on, counted from the resolved
-config (`soar_work`, `retrain_work`, `evaluate_work`), and the hours that takes at given
-throughputs (`hours`); `roofline_rates` gives a GPU's ideal throughputs for a model shape.
-`benchmarks/project_paper.py` builds the paper-profile projection on it.
+"""What a profile costs, in time and in memory.
 
+Time: the tokens each stage samples and trains on, counted from the resolved config
+(`soar_work`, `soar_step_work`, `retrain_work`, `evaluate_work`), and the hours that takes at
+given throughputs (`hours`, `outer_step_hours`); `roofline_rates` gives a GPU's ideal throughputs
+for a model shape. `benchmarks/project_paper.py` builds the paper-profile projection on it.
 Counts are upper bounds where lengths vary: every completion is taken at its token cap, prompts
 at a given mean length. Not counted: the teacher's rejected samples and the extra inner steps
 after a promotion (both small next to the inner loops), grading, and model loading.
+
+Memory: the memory plan (`memory_plan`, `check_memory`), made from the resolved config and the
+model's config.json before any model loads. It counts what each policy (soar.policy) holds on its
+device and places them: the teacher on one GPU, the run's student on another, Ray actors' students
+on GPUs the driver does not hold. GPU placement lives here only: the notebooks load each policy on
+the device the plan gives it. A layout that cannot fit is a MemoryPlanError naming the knobs that
+would make it fit; on a CPU the plan only warns (the OS pages, and CPU runs are never blocked).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import torch
+
+from soar import paths
+from soar.config import ConfigError
+from soar.models import pick_dtype
 from soar.retrain import checkpoint_steps, method, window_checkpoints
+from soar.sampling import VLLM_GPU_MEMORY
 
 
 @dataclass(frozen=True)
@@ -37,21 +56,29 @@ def rl_steps(steps: int, sequences_per_step: int, max_new_tokens: int, prompt: f
     return Work(seqs * max_new_tokens, seqs * (prompt + max_new_tokens))
 
 
-def soar_work(cfg, *, prompt: float, teacher_prompt: float) -> Work:
-    """One SOAR run (cfg resolved for its variant): per outer step, g*B datasets of n teacher
-    questions (sampled, then trained on), the baseline's greedy Q_R answers, and per dataset r
-    inner loops each scored on Q_R; the intrinsic variant also samples intrinsic_samples answers
-    per question for its reward. Its inner loops still run: the grounded gain decides its
-    promotions (soar.teacher.SoarRun.meta_step)."""
+def soar_step_work(cfg, *, prompt: float, teacher_prompt: float) -> dict[str, Work]:
+    """One outer step of a SOAR run (cfg resolved for its variant), by who does it:
+    - teacher: g*B datasets of n questions, sampled, then trained on;
+    - baseline: the run's student, greedy on Q_R, and for the intrinsic variant
+      intrinsic_samples answers per question of every dataset (its reward);
+    - inner_loops: per dataset r students, each trained then scored greedily on Q_R. The
+      intrinsic variant runs them too: the grounded gain decides its promotions
+      (soar.teacher.SoarRun.meta_step)."""
     sc, st, tc = cfg.soar, cfg.student, cfg.teacher
     datasets = sc.groups_per_step * sc.group_size
-    step = rl_steps(1, datasets * sc.n, tc.max_new_tokens, teacher_prompt)  # teacher: propose, then update
-    step += Work(sc.q_r * st.max_new_tokens)  # baseline score on Q_R
-    inner = rl_steps(st.steps, st.questions_per_step * st.samples_per_question, st.max_new_tokens, prompt)
-    step += (inner + Work(sc.q_r * st.max_new_tokens)) * (datasets * sc.r)
+    baseline = Work(sc.q_r * st.max_new_tokens)
     if sc.reward == "intrinsic":
-        step += Work(datasets * sc.n * sc.intrinsic_samples * st.max_new_tokens)
-    return step * sc.outer_steps
+        baseline += Work(datasets * sc.n * sc.intrinsic_samples * st.max_new_tokens)
+    inner = rl_steps(st.steps, st.questions_per_step * st.samples_per_question, st.max_new_tokens, prompt)
+    return {"teacher": rl_steps(1, datasets * sc.n, tc.max_new_tokens, teacher_prompt),
+            "baseline": baseline,
+            "inner_loops": (inner + Work(sc.q_r * st.max_new_tokens)) * (datasets * sc.r)}
+
+
+def soar_work(cfg, *, prompt: float, teacher_prompt: float) -> Work:
+    """One SOAR run: soar.outer_steps outer steps (soar_step_work)."""
+    step = sum(soar_step_work(cfg, prompt=prompt, teacher_prompt=teacher_prompt).values(), Work())
+    return step * cfg.soar.outer_steps
 
 
 def retrain_work(cfg, *, prompt: float) -> Work:
@@ -100,18 +127,443 @@ class Hardware:
 
 
 def roofline_rates(shape: Shape, hw: Hardware, *, batch: int, context: float, full: bool,
-                   kl: bool = True) -> tuple[float, float]:
+                   kl: bool = True, recompute: bool = False) -> tuple[float, float]:
     """(sampled tokens/s, trained tokens/s) of one accelerator at its roofline.
 
     Decoding is memory-bound: each step of `batch` rows reads every weight once and each row's
     KV cache (`context` tokens on average). Training is compute-bound: per token 2N FLOPs
     forward, 4N backward with weight gradients (full fine-tuning) or 2N without (LoRA: only
-    activation gradients reach the base), and 2N for the reference forward of the KL term."""
+    activation gradients reach the base), 2N for the reference forward of the KL term, and 2N
+    more when gradient checkpointing recomputes the forward (`recompute`)."""
     step_bytes = shape.params * shape.bytes_per_param + batch * context * shape.kv_bytes_per_token
-    flops_per_token = shape.params * (2 + (4 if full else 2) + (2 if kl else 0))
+    flops_per_token = shape.params * (2 + (4 if full else 2) + (2 if kl else 0) + (2 if recompute else 0))
     return batch * hw.bandwidth / step_bytes, hw.flops / flops_per_token
 
 
 def hours(work: Work, *, sampled_per_s: float, trained_per_s: float) -> float:
     """Hours of one device (or device-hours) for `work` at the given throughputs."""
     return (work.sampled / sampled_per_s + work.trained / trained_per_s) / 3600
+
+
+def outer_step_hours(cfg, plan: MemoryPlan, step: Mapping[str, Work], *, student: tuple[float, float],
+                     teacher: tuple[float, float]) -> dict[str, float]:
+    """Hours of one outer step (`step`: soar_step_work) on the plan's GPUs, at per-GPU
+    (sampled, trained) tokens/s of each role. The phases run one after another
+    (SoarRun.meta_step): propose, baseline, inner loops, teacher update. The inner loops' g*B*r
+    students go to the plan's student slots in contiguous shares of ceil(students / slots), so a
+    step waits for the largest share. Returns the wall-clock hours (the GPUs held: x wall), the
+    GPU-hours computed (busy), the slots and how many of them get a share."""
+    sc = cfg.soar
+    students = sc.groups_per_step * sc.group_size * sc.r
+    share = -(-students // plan.student_slots)
+
+    def h(work: Work, rates: tuple[float, float]) -> float:
+        return hours(work, sampled_per_s=rates[0], trained_per_s=rates[1])
+
+    driver = h(step["teacher"], teacher) + h(step["baseline"], student)
+    inner = h(step["inner_loops"], student)
+    return {"wall_hours": driver + inner * share / students, "busy_gpu_hours": driver + inner,
+            "student_slots": plan.student_slots, "busy_slots": -(-students // share)}
+
+
+# --- The memory plan -------------------------------------------------------------------------
+
+GiB = 2**30
+# Share of each device the plan may fill: the CUDA context, cuBLAS workspaces and the caching
+# allocator's fragmentation take the rest.
+USABLE = 0.9
+# Longest prompt of a batch, padding included (paper: 153 tokens on average for MATH, 154 for the teacher).
+PROMPT_TOKENS = 256
+# Hub ids whose config.json ships with the repository, for a plan before the weights are cached.
+KNOWN = {"meta-llama/Llama-3.2-3B-Instruct": paths.ROOT / "benchmarks" / "llama-3.2-3b"}
+
+
+class MemoryPlanError(ConfigError):
+    """The config's layout does not fit the devices; the message names the knobs that would help."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A Llama-style decoder's shape, as its config.json gives it."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool  # the output layer is the input embedding
+    context: int  # max_position_embeddings
+
+    @classmethod
+    def from_config(cls, c: Mapping) -> Architecture:
+        heads = c["num_attention_heads"]
+        return cls(hidden=c["hidden_size"], layers=c["num_hidden_layers"], heads=heads,
+                   kv_heads=c.get("num_key_value_heads") or heads,
+                   head_dim=c.get("head_dim") or c["hidden_size"] // heads, intermediate=c["intermediate_size"],
+                   vocab=c["vocab_size"], tied=c.get("tie_word_embeddings", False),
+                   context=c.get("max_position_embeddings", 0))
+
+    def linears(self) -> list[tuple[int, int]]:
+        """(in, out) of each linear layer of a decoder layer: q, k, v, o, gate, up, down (what LoRA's
+        all-linear adapts; peft leaves the output layer alone)."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+
+    @property
+    def params(self) -> int:
+        layer = sum(a * b for a, b in self.linears()) + 2 * self.hidden  # + its two RMSNorm weights
+        return self.layers * layer + self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
+
+    def lora_params(self, r: int) -> int:
+        return self.layers * sum(r * (a + b) for a, b in self.linears())
+
+    def kv_bytes_per_token(self, bytes_per_value: int) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * bytes_per_value
+
+    def layer_activation_bytes(self, bytes_per_value: int) -> int:
+        """What one decoder layer keeps per token for its backward: about 8 hidden-size and 4
+        intermediate-size tensors in the model's dtype, and the RMSNorms' fp32 internals (8 bytes
+        per hidden unit). Fitted to the saved tensors of soar.policy's forward on small Llamas,
+        fp32 and bf16 (within 10%)."""
+        return bytes_per_value * (8 * self.hidden + 4 * self.intermediate) + 8 * self.hidden
+
+    def shape(self, bytes_per_param: int = 2) -> Shape:
+        """The roofline's view of it (roofline_rates)."""
+        return Shape(self.params, self.kv_bytes_per_token(bytes_per_param), bytes_per_param)
+
+
+def architecture(name: str) -> Architecture | None:
+    """The shape of model `name` (a soar.models name) from its config.json, read without loading
+    or downloading anything: a folder or file (`random:<config>` too), models/<name> (the
+    embedded and trained models once on disk), the local Hugging Face cache, or the config this
+    repository ships (KNOWN). None when none is at hand."""
+    source = name.removeprefix("random:")
+    candidates = [Path(source), Path(source) / "config.json", paths.MODELS / name / "config.json"]
+    if source.count("/") == 1 and not Path(source).exists():  # a hub id: its cached config, if any
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+        if isinstance(cached, str):
+            candidates.append(Path(cached))
+    if source in KNOWN:
+        candidates.append(KNOWN[source] / "config.json")
+    for path in candidates:
+        if path.is_file():
+            return Architecture.from_config(json.loads(path.read_text()))
+    return None
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """Bytes one policy needs on its device: `resident` while it lives, and per phase what comes
+    and goes (one process runs one phase of one model at a time)."""
+
+    role: str
+    resident: dict[str, float]
+    phases: dict[str, dict[str, float]]
+
+    @property
+    def held(self) -> float:
+        return sum(self.resident.values())
+
+    @property
+    def working(self) -> tuple[str, float]:
+        """The phase that needs most, and what it needs."""
+        return max(((p, sum(parts.values())) for p, parts in self.phases.items()), key=lambda x: x[1])
+
+    @property
+    def peak(self) -> float:
+        return self.held + self.working[1]
+
+
+def model_memory(cfg, role: str, arch: Architecture, *, bytes_per_param: int, cuda: bool, capacity: float = 0.0,
+                 prompt: float = PROMPT_TOKENS) -> ModelMemory:
+    """What the `role` ("teacher" or "student") policy of `cfg` holds (soar.policy, soar.sampling):
+    - resident: the weights it computes with; the frozen reference (full fine-tuning: the base, a
+      second copy; LoRA: none, the same base with the adapter off); the fp32 masters of the trained
+      weights (the weights themselves in fp32; LoRA adapters are fp32: their own masters); AdamW's
+      fp32 m and v; with generation.backend vllm, its engine's share of the device;
+    - rollout (HF backend): the KV cache of a decode batch, generation.batch_size rows of
+      prompt + max_new_tokens, and one step's fp32 logits and sampling noise;
+    - backward, one micro-batch of micro_batch x (prompt + max_new_tokens) tokens: fp32 gradients
+      on the masters plus the compute weights' own until they are moved there, the layers'
+      activations (with gradient checkpointing: each layer's input, and one layer recomputed), and
+      the (micro_batch x T x V) logits: their fp32 copy kept for the backward, and in the backward
+      their gradient plus one sequence's on its way in, each (micro_batch x T x V) in the model's
+      dtype (soar.rl.token_logps goes one sequence at a time; autograd widens each to the whole);
+    - optimizer step: the fp32 gradients, and on CUDA the foreach AdamW's one fp32 temporary of
+      the trained weights' size.
+    Student lengths are the longest of its stages (SOAR inner loops, retrain, evaluate)."""
+    rc, w = getattr(cfg, role), bytes_per_param
+    if role == "student":
+        new, trained_new = (max(cfg.student.max_new_tokens, cfg.retrain.max_new_tokens, cfg.evaluate.max_new_tokens),
+                            max(cfg.student.max_new_tokens, cfg.retrain.max_new_tokens))
+    else:
+        new = trained_new = rc.max_new_tokens
+    full = rc.adapter == "full"
+    weights = arch.params * w
+    trained = arch.params if full else arch.lora_params(rc.lora_r)
+    separate = not full or w != 4  # the masters are not the compute weights themselves
+    resident = {"weights": weights, "reference": weights if full else 0.0,
+                "fp32 masters": trained * 4 if separate else 0.0, "AdamW m, v": 2 * trained * 4}
+    phases = {}
+    batch = cfg.generation.batch_size
+    if cfg.generation.backend == "vllm":
+        resident["vLLM engine"] = VLLM_GPU_MEMORY * capacity
+    else:
+        phases["rollout"] = {"KV cache": batch * _length(arch, prompt, new) * arch.kv_bytes_per_token(w),
+                             "decode logits": batch * arch.vocab * (w + 8)}
+    tokens = rc.micro_batch * _length(arch, prompt, trained_new)
+    layers = (arch.layers * arch.hidden * w + arch.layer_activation_bytes(w) if rc.gradient_checkpointing
+              else arch.layers * arch.layer_activation_bytes(w))
+    phases["backward"] = {"gradients": trained * 4 + (trained * w if full and w != 4 else 0.0),
+                          "activations": tokens * layers, "logits": tokens * arch.vocab * (4 + 2 * w)}
+    phases["optimizer step"] = {"gradients": trained * 4, "AdamW temporary": trained * 4 if cuda else 0.0}
+    return ModelMemory(role, resident, phases)
+
+
+def _length(arch: Architecture, prompt: float, new: int) -> float:
+    """Tokens of a prompt + completion, at most the model's context."""
+    return min(prompt + new, arch.context) if arch.context else prompt + new
+
+
+@dataclass(frozen=True)
+class Device:
+    """One GPU (or the host) and the processes on it: each a list of models that take turns (the
+    driver's teacher and student, or one Ray actor's student); processes run at once."""
+
+    name: str
+    capacity: float
+    processes: tuple[tuple[ModelMemory, ...], ...]
+
+    @property
+    def need(self) -> float:
+        return sum(sum(m.held for m in models) + max(m.working[1] for m in models) for models in self.processes)
+
+    @property
+    def fits(self) -> bool:
+        return self.need <= USABLE * self.capacity
+
+    def describe(self) -> str:
+        lines = [f"{self.name}: needs {size(self.need)} of {size(USABLE * self.capacity)} usable "
+                 f"({size(self.capacity)}) -> {'fits' if self.fits else 'DOES NOT FIT'}"]
+        for models in self.processes:
+            for m in models:
+                phase, need = m.working
+                lines.append(f"  {m.role}: {size(m.held)} resident ({_parts(m.resident)}) + {size(need)} at its "
+                             f"{phase} ({_parts(m.phases[phase])})")
+        return "\n".join(lines)
+
+
+def size(n: float) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / 2**20:.0f} MiB"
+
+
+def _parts(parts: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {size(v)}" for k, v in parts.items() if v)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where each model goes and whether it fits. placement: role ("teacher", "student", "actor k")
+    -> device name; student_slots: the workers that train inner loops at once (1 in-process)."""
+
+    devices: tuple[Device, ...]
+    placement: dict[str, str]
+    student_slots: int
+    problems: tuple[str, ...] = ()  # what does not fit besides a device's total
+    notes: tuple[str, ...] = ()
+    gpu: bool = True
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems and all(d.fits for d in self.devices)
+
+    def model(self, model_cfg, role: str):
+        """model_cfg (ModelConfig) with the device the plan gives `role` (unchanged on the CPU)."""
+        return replace(model_cfg, device=self.placement[role]) if self.gpu and role in self.placement else model_cfg
+
+    def parallel(self, parallel_cfg):
+        """parallel_cfg (ParallelConfig) with the GPUs the plan gives the Ray actors (actor_gpus)."""
+        gpus = dict.fromkeys(int(d.removeprefix("cuda:")) for r, d in self.placement.items() if r.startswith("actor "))
+        return replace(parallel_cfg, actor_gpus=tuple(gpus)) if self.gpu and gpus else parallel_cfg
+
+    def summary(self) -> str:
+        where = ", ".join(f"{r} -> {d}" for r, d in self.placement.items())
+        head = f"memory plan ({'GPU' if self.gpu else 'CPU, host RAM'}): {where or 'nothing placed'}"
+        return "\n".join([head, *(d.describe() for d in self.devices), *self.problems, *self.notes])
+
+
+def visible_devices(model_device: str) -> list[tuple[str, float]]:
+    """(name, bytes) of the GPUs model.device lets a run use: every visible one for auto/cuda,
+    the one named by cuda:N; none on a CPU."""
+    if model_device == "cpu" or not torch.cuda.is_available():
+        return []
+    if model_device.startswith("cuda:"):
+        return [(model_device, torch.cuda.get_device_properties(int(model_device[5:])).total_memory)]
+    return [(f"cuda:{i}", torch.cuda.get_device_properties(i).total_memory) for i in range(torch.cuda.device_count())]
+
+
+def host_memory() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_plan(cfg, devices: Sequence[float] | None = None, *, roles: Sequence[str] = ("teacher", "student"),
+                prompt: float = PROMPT_TOKENS) -> MemoryPlan:
+    """The memory plan of `cfg` for the policies `roles` (a SOAR run: teacher and student; the
+    retrain and evaluate stages: the student) on `devices`, each GPU's bytes ([]: none, the host's
+    RAM holds everything; None: this machine's, as model.device allows). Placement: the teacher on
+    the first GPU, the run's student on the second (the first when there is one), each Ray actor
+    (parallel.gpus_per_worker > 0) on GPUs the driver does not hold, 1 / gpus_per_worker actors
+    per GPU. A Ray cluster's actors (parallel.address) and CPU actors are not placed here."""
+    named = visible_devices(cfg.model.device) if devices is None else [(f"cuda:{i}", b) for i, b in enumerate(devices)]
+    gpu = bool(named)
+    if not gpu:
+        named = [("cpu", host_memory())]
+    arch = architecture(cfg.model.name)
+    if arch is None:
+        return MemoryPlan((), {}, 1, notes=(f"model {cfg.model.name!r}: no config.json at hand, memory not planned",),
+                          gpu=gpu)
+    w = pick_dtype(cfg.model.dtype, torch.device("cuda" if gpu else "cpu")).itemsize
+
+    def need(role, capacity):
+        return model_memory(cfg, role, arch, bytes_per_param=w, cuda=gpu, capacity=capacity, prompt=prompt)
+
+    pc, problems, notes = cfg.parallel, [], []
+    placement = {role: named[min(k, len(named) - 1)][0] if gpu else "cpu" for k, role in enumerate(roles)}
+    processes: dict[str, list[tuple[ModelMemory, ...]]] = {name: [] for name, _ in named}
+    capacity = dict(named)
+    driver = {}
+    for role, device in placement.items():
+        driver.setdefault(device, []).append(need(role, capacity[device]))
+    for device, models in driver.items():
+        processes[device].append(tuple(models))
+    slots = 1
+    if pc.backend == "ray" and "student" in roles:
+        slots = pc.workers
+        if pc.address is not None:
+            notes.append(f"Ray cluster ({pc.address}): its {pc.workers} actors are not planned here; each needs "
+                         f"{size(need('student', 0.0).peak)} besides a vLLM engine")
+        elif pc.gpus_per_worker == 0 or not gpu:
+            notes.append(f"{pc.workers} Ray CPU actors: each trains its own student on the host")
+        else:
+            free = [name for name, _ in named if name not in placement.values()] if pc.actor_gpus is None else \
+                [f"cuda:{i}" for i in pc.actor_gpus if f"cuda:{i}" in capacity]
+            per_gpu = max(1, int(1 / pc.gpus_per_worker)) if pc.gpus_per_worker < 1 else 1
+            each = max(1, math.ceil(pc.gpus_per_worker))  # GPUs per actor; its student lives on the first
+            places = [free[(k // per_gpu) * each] for k in range(pc.workers) if (k // per_gpu + 1) * each <= len(free)]
+            if len(places) < pc.workers:
+                problems.append(f"parallel: {pc.workers} Ray actors x {pc.gpus_per_worker} GPUs need "
+                                f"{math.ceil(pc.workers / per_gpu) * each} GPUs besides the driver's "
+                                f"{len(set(placement.values()))}, and {len(free)} are left: lower parallel.workers "
+                                "or add GPUs")
+            for k, device in enumerate(places):
+                placement[f"actor {k}"] = device
+                processes[device].append((need("student", capacity[device]),))
+    if cfg.generation.backend == "vllm":
+        for device, models in driver.items():
+            for m in models:
+                room = m.resident["vLLM engine"] - arch.params * w
+                wanted = cfg.generation.max_model_len * arch.kv_bytes_per_token(w)
+                if room < wanted:
+                    problems.append(f"{m.role}'s vLLM engine on {device}: its share ({VLLM_GPU_MEMORY:.2f}, "
+                                    f"SOAR_VLLM_GPU_MEMORY) leaves {size(room)} beside the weights for a KV cache "
+                                    f"of at least one generation.max_model_len sequence ({size(wanted)})")
+    unused = [name for name, _ in named if gpu and not processes[name]]
+    if unused and "teacher" in roles:
+        notes.append(f"unused: {', '.join(unused)} (parallel.backend: ray with gpus_per_worker: 1 trains inner loops "
+                     "there)")
+    return MemoryPlan(tuple(Device(name, capacity[name], tuple(processes[name])) for name, _ in named
+                            if processes[name]), placement, slots, tuple(problems), tuple(notes), gpu)
+
+
+def override(cfg, **sections):
+    """cfg with some fields of some sections replaced: override(cfg, student={"micro_batch": 1})."""
+    return replace(cfg, **{name: replace(getattr(cfg, name), **fields) for name, fields in sections.items()})
+
+
+def _fullest(plan: MemoryPlan) -> tuple[int, float]:
+    """How far a plan is from fitting: its problems, then its fullest device's need / usable bytes."""
+    return len(plan.problems), max((d.need / (USABLE * d.capacity) for d in plan.devices), default=0.0)
+
+
+def knob_steps(cfg, devices: Sequence[float], *, roles: Sequence[str] = ("teacher", "student"),
+               prompt: float = PROMPT_TOKENS) -> list[tuple[str, object, list[float], MemoryPlan]]:
+    """The knobs that shrink the plan, cheapest first (the same results, then slower, then more GPUs,
+    then another method), each kept on top of those before when it brings the fullest device
+    closer to fitting, until the plan fits: (what changed, config, devices, plan) per kept knob."""
+    both = ("student", "teacher")
+
+    def each(**fields):
+        return lambda c: override(c, **{role: fields for role in both})
+
+    candidates = [
+        ("student/teacher gradient_checkpointing: true (same results, ~1/4 more training compute)",
+         each(gradient_checkpointing=True), 0),
+        ("student/teacher micro_batch: 1 (same results, slower)", each(micro_batch=1), 0),
+        ("generation.batch_size: {} (same results, slower rollouts)",
+         lambda c: override(c, generation={"batch_size": max(1, c.generation.batch_size // 2)}), 0),
+        ("2 GPUs (teacher and student apart)", lambda c: c, 2),
+        ("student/teacher adapter: lora (another method than the paper's full fine-tuning)", each(adapter="lora"), 0),
+    ]
+    steps, taken = [], set()
+    plan, devices = memory_plan(cfg, devices, roles=roles, prompt=prompt), list(devices)
+    # Each knob at most once, cheapest first; after a kept one, from the cheapest again: a knob that
+    # did not help may help now (micro_batch, once the rollout's KV cache is no longer the peak).
+    while not plan.fits:
+        for k, (what, change, gpus) in enumerate(candidates):
+            if k in taken or (gpus and len(devices) >= gpus):
+                continue
+            changed, devs = change(cfg), devices * gpus if gpus else devices
+            new = memory_plan(changed, devs, roles=roles, prompt=prompt)
+            if _fullest(new) < _fullest(plan):
+                steps.append((what.format(changed.generation.batch_size), changed, devs, new))
+                cfg, devices, plan = changed, devs, new
+                taken.add(k)
+                break
+        else:
+            return steps  # no knob left helps
+    return steps
+
+
+def fitting(cfg, devices: Sequence[float], *, roles: Sequence[str] = ("teacher", "student"),
+            prompt: float = PROMPT_TOKENS):
+    """cfg as set if its plan fits `devices`, else with the knobs of knob_steps: (config, devices,
+    the knobs added). None when even all of them do not fit."""
+    if memory_plan(cfg, devices, roles=roles, prompt=prompt).fits:
+        return cfg, list(devices), []
+    steps = knob_steps(cfg, devices, roles=roles, prompt=prompt)
+    if not steps or not steps[-1][3].fits:
+        return None
+    return steps[-1][1], steps[-1][2], [what for what, *_ in steps]
+
+
+def suggestions(cfg, devices: Sequence[float], *, roles: Sequence[str] = ("teacher", "student"),
+                prompt: float = PROMPT_TOKENS) -> str:
+    """knob_steps, re-planned, with what the fullest device then needs."""
+    lines = ["Knobs that help, each on top of the ones above (re-planned):"]
+    steps = knob_steps(cfg, devices, roles=roles, prompt=prompt)
+    for what, _, _, plan in steps:
+        worst = max(plan.devices, key=lambda d: d.need / d.capacity)
+        lines.append(f"  + {what}: " + ("fits" if plan.fits else f"does not fit ({worst.name} needs {size(worst.need)})"))
+    lora = "" if any("adapter: lora" in what for what, *_ in steps) else \
+        "student/teacher adapter: lora (students share one frozen base; another method than the paper's), "
+    lines.append(f"Other knobs: {lora}shorter completions (student.max_new_tokens, teacher.max_new_tokens), and with "
+                 "vllm generation.max_model_len or SOAR_VLLM_GPU_MEMORY.")
+    return "\n".join(lines)
+
+
+def check_memory(cfg, *, roles: Sequence[str] = ("teacher", "student"), devices: Sequence[float] | None = None
+                 ) -> MemoryPlan:
+    """The plan for this machine, before any model loads (the notebooks call it first). On GPUs a
+    layout that cannot fit raises MemoryPlanError with the plan and the knobs that would help; on
+    the CPU it warns and the run goes on."""
+    plan = memory_plan(cfg, devices, roles=roles)
+    if not plan.fits:
+        if plan.gpu:
+            sizes = [d for _, d in visible_devices(cfg.model.device)] if devices is None else list(devices)
+            raise MemoryPlanError(f"{plan.summary()}\n{suggestions(cfg, sizes, roles=roles)}")
+        warnings.warn(f"{plan.summary()}\n(a CPU run goes on: the plan is an upper bound and the OS pages)", stacklevel=2)
+    return plan

@@ -109,8 +109,9 @@ def load_model(name: str, *, dtype: str = "auto", device: str = "auto"):
     dt = pick_dtype(dtype, dev)
     if name.startswith("random:"):
         config = AutoConfig.from_pretrained(name.removeprefix("random:"))
-        model = AutoModelForCausalLM.from_config(config, dtype=dt)
-        return model.to(dev), None
+        with dev:  # initialised on its device: no CPU init and copy of a multi-GB random model
+            model = AutoModelForCausalLM.from_config(config, dtype=dt)
+        return model, None
     source = resolve(name)
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
