@@ -53,12 +53,12 @@ def main() -> None:
     with grading.Grader(timeout=cfg.grading.timeout_s, workers=cfg.grading.workers) as grader:
         with student.reference() as base:
             baseline = q_r_score(base, student.tokenizer, q_r, cfg, grader=grader)
-        jobs = [InnerJob(X, q_r, baseline, 0, seed) for seed, X in enumerate(datasets)]
+        jobs = [InnerJob(X, q_r, baseline, 0, seed, j) for seed, X in enumerate(datasets) for j in range(args.r)]
         for size, c in cfgs.items():
             start = time.perf_counter()
             results = inner_loops(Worker(student, grader, c), jobs)
             runs[size] = {"wall_s": time.perf_counter() - start, "train_s": sum(r["train_s"] for r in results),
-                          "q_r_s": sum(r["eval_s"] for r in results), "gains": [r["gains"] for r in results]}
+                          "q_r_s": sum(r["eval_s"] for r in results), "gains": [r["gain"] for r in results]}
             print(f"batch_students {size}: {runs[size]['wall_s']:.1f} s")
     s = cfg.student
     result = {

@@ -6,10 +6,13 @@ results never depend on the executor or the order (tests compare them):
 - `InProcess` runs the jobs one after another on the run's own student (the default);
 - `RayExecutor` runs them on `parallel.workers` Ray actors, each holding its own copy of the
   student model (one GPU each on a cluster, `gpus_per_worker: 1`; CPU actors locally). An actor
-  replays the run's promotions onto its base before a job, so it always trains from the same
-  baseline as the run.
+  merges the run's promotions it has not seen into its base before a job, so it always trains
+  from the same baseline as the run. Each promotion goes into Ray's object store once, and to
+  each actor once (full fine-tuning: every weight of a student, GBs).
 A local Ray (address null) lives in a private temp dir removed at shutdown, with a per-process
-token in the environment: nothing is left in /tmp/ray or ~/.ray.
+token in the environment: nothing is left in /tmp/ray or ~/.ray. Its actors never share the
+driver's GPU: they get `actor_gpus` (default: every visible GPU but the driver's), and CPU actors
+see no GPU at all.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+# The local Rays' auth token: one per process, since Ray reads it once (at import), so a second
+# local Ray of the same process (a later run, a test) must be given the same one.
+_TOKEN = secrets.token_hex(32)
 
 
 @dataclass
@@ -46,25 +53,29 @@ class InProcess:
 
 
 class _Actor:
-    """A Ray actor: its own student, grader and config; replays promotions it has not seen."""
+    """A Ray actor: its own student, grader and config; merges the promotions it is sent."""
 
-    def __init__(self, cfg_dict: dict, threads: int, cwd: str):
+    def __init__(self, cfg_dict: dict, threads: int, cwd: str, gpus: float):
+        if not gpus:  # a CPU actor: Ray leaves the node's GPUs visible, and model.device auto would take one
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first touches CUDA
         import torch
 
-        from soar import config, grading
+        from soar import config, grading, sampling
         from soar.policy import load_policy
 
         if os.path.isdir(cwd):  # relative paths (models/, data/) as in the driver; on a cluster,
             os.chdir(cwd)  # every node needs the project at the same path (or a shared filesystem)
         torch.set_num_threads(threads)
         cfg = config.from_dict(cfg_dict)
+        sampling.configure(cfg.generation)  # vLLM engines: generation.max_model_len
         grader = grading.Grader(timeout=cfg.grading.timeout_s, workers=1)
-        self.worker, self.merged = Worker(load_policy(cfg.model, cfg.student), grader, cfg), 0
+        self.worker = Worker(load_policy(cfg.model, cfg.student), grader, cfg)
 
-    def run(self, fn, job, promotions: list[dict]):
-        for state in promotions[self.merged :]:  # promotions only ever append
+    def run(self, fn, job, *promotions: dict):
+        """fn(worker, job) after merging `promotions`: the run's promotions since this actor's
+        previous job (an actor runs its jobs in the order they were sent)."""
+        for state in promotions:
             self.worker.student.merge(state)
-            self.merged += 1
         return fn(self.worker, job)
 
     def ready(self) -> bool:
@@ -77,12 +88,15 @@ class _Actor:
 class RayExecutor:
     """`workers` Ray actors, started on the first map (they need the run's config)."""
 
-    def __init__(self, workers: int = 2, *, address: str | None = None, gpus_per_worker: float = 0.0):
+    def __init__(self, workers: int = 2, *, address: str | None = None, gpus_per_worker: float = 0.0,
+                 actor_gpus: Sequence[int] | None = None):
         if workers < 1:
             raise ValueError(f"parallel.workers must be >= 1, got {workers}")
-        self.workers, self.address, self.gpus = workers, address, gpus_per_worker
+        self.workers, self.address, self.gpus, self.actor_gpus = workers, address, gpus_per_worker, actor_gpus
         self.slots = workers
         self.actors: list = []
+        self.promotion_refs: list = []  # the run's promotions in the object store (None once every actor has one)
+        self.sent: list[int] = []  # per actor: promotions sent to it
         self._temp_dir: str | None = None
         self._env: dict[str, str | None] = {}
         self.startup_s = 0.0  # Ray and the actors' start (each loads its own student), for benchmarks
@@ -90,11 +104,12 @@ class RayExecutor:
     def _start(self, cfg) -> None:
         clock = time.perf_counter()
         local = self.address is None and not self._ray_running()
+        gpus = self._local_gpus(cfg) if local else []
         if local:  # a private local Ray: a per-process token (read when ray is imported), files in a temp dir
             self._temp_dir = tempfile.mkdtemp(prefix="soar-ray-")
             if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
                 self._setenv("RAY_AUTH_MODE", "token")
-                self._setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+                self._setenv("RAY_AUTH_TOKEN", _TOKEN)
         try:
             import ray
         except ImportError as e:
@@ -102,20 +117,37 @@ class RayExecutor:
         from soar import config
 
         if local:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)  # Ray's processes inherit it; the driver keeps its own
             try:
-                ray.init(num_cpus=self.workers, include_dashboard=False, _temp_dir=self._temp_dir,
-                         log_to_driver=False, configure_logging=False)
+                ray.init(num_cpus=self.workers, num_gpus=len(gpus), include_dashboard=False,
+                         _temp_dir=self._temp_dir, log_to_driver=False, configure_logging=False)
             except BaseException:
                 self.close()
                 raise
+            finally:
+                _putenv("CUDA_VISIBLE_DEVICES", visible)
         elif not ray.is_initialized():
             ray.init(address=self.address, log_to_driver=False)
         threads = max(1, int(ray.available_resources().get("CPU", self.workers) // self.workers))
         remote = ray.remote(num_cpus=1, num_gpus=self.gpus)(_Actor)
         cfg_dict = config.to_dict(cfg)
-        self.actors = [remote.remote(cfg_dict, threads, os.getcwd()) for _ in range(self.workers)]
+        self.actors = [remote.remote(cfg_dict, threads, os.getcwd(), self.gpus) for _ in range(self.workers)]
+        self.sent = [0] * self.workers
         ray.get([actor.ready.remote() for actor in self.actors])
         self.startup_s = time.perf_counter() - clock
+
+    def _local_gpus(self, cfg) -> list[str]:
+        """The GPUs a local Ray gets: none for CPU actors, else those the actors may use
+        (`actor_gpus`), enough for every worker."""
+        if not self.gpus:
+            return []
+        gpus = actor_gpus(visible_gpus(), driver_gpu(cfg.model.device), self.actor_gpus)
+        if len(gpus) < self.workers * self.gpus:
+            raise ValueError(f"parallel: {self.workers} workers x {self.gpus} GPUs need more than the {len(gpus)} "
+                             f"GPUs the actors may use ({gpus}: parallel.actor_gpus, or every visible one but the "
+                             "driver's)")
+        return gpus
 
     @staticmethod
     def _ray_running() -> bool:
@@ -129,14 +161,23 @@ class RayExecutor:
 
     def map(self, fn: Callable[[Worker, Any], Any], jobs: Sequence[Any], *, local: Worker,
             promotions: Sequence[dict] = ()) -> list[Any]:
-        """fn(actor's worker, job) for every job, round-robin over the actors; results in job order."""
+        """fn(actor's worker, job) for every job, round-robin over the actors; results in job order.
+        `promotions` only ever grow: the new ones are put into the object store, and each actor
+        is sent those it has not been sent yet with its next job."""
         if not self.actors:
             self._start(local.cfg)  # before any `import ray`: Ray reads its token settings at import
         import ray
 
-        states = ray.put([p["state"] for p in promotions])  # shipped once per map, not per job
-        refs = [self.actors[i % len(self.actors)].run.remote(fn, job, states) for i, job in enumerate(jobs)]
-        return ray.get(refs)
+        refs = self.promotion_refs
+        refs += [ray.put(p["state"]) for p in promotions[len(refs) :]]
+        results = []
+        for i, job in enumerate(jobs):
+            a = i % len(self.actors)
+            results.append(self.actors[a].run.remote(fn, job, *refs[self.sent[a] :]))
+            self.sent[a] = len(refs)
+        for j in range(min(self.sent)):  # sent to every actor: Ray frees it once their jobs have it
+            refs[j] = None
+        return ray.get(results)
 
     def close(self) -> None:
         """Stop the actors; a local Ray started here is shut down and its files removed."""
@@ -147,17 +188,50 @@ class RayExecutor:
         ray.get([actor.close.remote() for actor in self.actors])
         for actor in self.actors:
             ray.kill(actor)
-        self.actors = []
+        self.actors, self.promotion_refs, self.sent = [], [], []
         if self._temp_dir is not None:
             ray.shutdown()
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
         for key, value in self._env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            _putenv(key, value)
         self._env = {}
+
+
+def _putenv(key: str, value: str | None) -> None:
+    """Set an environment variable back to `value` (None: unset)."""
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs in CUDA index order, as CUDA_VISIBLE_DEVICES names them (how a local
+    Ray is told which GPUs it has)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return os.environ["CUDA_VISIBLE_DEVICES"].split(",")[:count]
+    return [str(i) for i in range(count)]
+
+
+def driver_gpu(device: str) -> int | None:
+    """The CUDA index of the GPU the driver's teacher and student are on (model.device), or None."""
+    import torch
+
+    from soar.models import pick_device
+
+    d = pick_device(device)
+    return (d.index if d.index is not None else torch.cuda.current_device()) if d.type == "cuda" else None
+
+
+def actor_gpus(visible: Sequence[str], driver: int | None, chosen: Sequence[int] | None) -> list[str]:
+    """The GPUs a local Ray's actors may use: `chosen` (CUDA indexes, parallel.actor_gpus: a
+    memory plan's placement), or every visible GPU but the driver's."""
+    indexes = chosen if chosen is not None else [i for i in range(len(visible)) if i != driver]
+    return [visible[i] for i in indexes]
 
 
 def make_executor(parallel_cfg=None):
@@ -165,5 +239,6 @@ def make_executor(parallel_cfg=None):
     if parallel_cfg is None or parallel_cfg.backend == "inprocess":
         return InProcess()
     if parallel_cfg.backend == "ray":
-        return RayExecutor(parallel_cfg.workers, address=parallel_cfg.address, gpus_per_worker=parallel_cfg.gpus_per_worker)
+        return RayExecutor(parallel_cfg.workers, address=parallel_cfg.address, gpus_per_worker=parallel_cfg.gpus_per_worker,
+                           actor_gpus=parallel_cfg.actor_gpus)
     raise ValueError(f"unknown executor backend {parallel_cfg.backend!r} (inprocess, ray)")

@@ -14,7 +14,9 @@ and in their schedule: *curriculum* (the first `synthetic_steps` on the syntheti
 the hard train split) or *mixed* (one shuffled mixture of both). Warmup is 20 steps (paper) for
 every method but the PQ curriculum, which has none (PAPER.md Table 3).
 The checkpoint rule (`select_checkpoint`, on the hard-set part of the reward curve) is the one
-for every method; OlympiadBench students are read at step 50 instead (`READ_AT`).
+for every method; OlympiadBench students are read at step 50 instead (`READ_AT`). A run keeps
+only the checkpoints evaluation reads (its window), each as the model computes with it
+(`train_fresh_student`); `disk_use` states what a profile's runs leave on disk.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tqdm import tqdm
 
 from soar import config, data, paths, tracking
 from soar.data import Problem, seed_from
+from soar.models import pick_dtype
 from soar.policy import load_policy, make_optimizer
 from soar.evaluation import BASE, PS
 from soar.student import evaluate_student, question_schedule, rl_step
@@ -123,6 +126,19 @@ def checkpoint_steps(steps: int, every: int) -> list[int]:
     return sorted({s for s in range(every, steps + 1, every)} | {steps})
 
 
+def checkpoint_file(checkpoints: Path, step: int) -> Path:
+    """A fresh student's checkpoint after `step`, in its run's checkpoint directory."""
+    return Path(checkpoints) / f"step_{step:06d}.pt"
+
+
+def keep_checkpoints(checkpoints: Path, steps: Sequence[int]) -> None:
+    """Delete a run's checkpoints but those after `steps` (its window: all that evaluation reads)."""
+    keep = {checkpoint_file(checkpoints, s) for s in steps}
+    for f in Path(checkpoints).glob("step_*.pt"):
+        if f not in keep:
+            f.unlink()
+
+
 def centred_average(values: Sequence[float], smoothing: int) -> np.ndarray:
     """Centred moving average: each step's value is the mean over the `smoothing // 2` steps on
     either side of it and itself (fewer at the ends of the curve, where the window is cut). Unlike
@@ -184,6 +200,43 @@ def choose_checkpoints(rewards: Sequence[float], saved: Sequence[int], run: dict
     return chosen, window_checkpoints(saved, chosen, rc.window)
 
 
+def kept_checkpoints(cfg, pool: str) -> int:
+    """Checkpoints a fresh student of `pool` keeps (its window: what evaluation reads): one for a
+    READ_AT pool, else the window after a step in the middle of the run (the rule picks it from
+    the rewards; the count differs only near the end of a run)."""
+    rc = cfg.retrain
+    saved = checkpoint_steps(rc.steps, rc.eval_every)
+    return 1 if pool in READ_AT else len(window_checkpoints(saved, saved[len(saved) // 2], rc.window))
+
+
+def disk_use(cfg, *, params: float, promotions: int = 4) -> dict[str, float]:
+    """Bytes that a profile's runs (cfg resolved) leave on disk under full fine-tuning (the
+    paper's; a LoRA checkpoint is an adapter, megabytes), for a model of `params` weights whose
+    compute dtype is model.dtype's on a GPU (auto: bf16):
+    - checkpoint: one fresh-student checkpoint, every weight in the compute dtype;
+    - retrain: the checkpoints every fresh student keeps (pools x methods x seeds, `kept_checkpoints`);
+    - retrain_run_peak: besides, those a run in progress saves before choosing its window;
+    - soar_state: one SOAR run's state with `promotions` promotions (PAPER.md: at most 4 were
+      seen): the teacher's fp32 masters and AdamW's two fp32 moments (12 bytes a weight), the
+      latest promotion's fp32 masters and the earlier ones in the compute dtype. A save writes
+      the next state beside it before replacing it;
+    - soar: every SOAR run's (runs.variants x runs.seeds and the sweep's cells), each with
+      `promotions` (an upper bound: the no_promotion runs hold none);
+    - total: retrain + soar."""
+    if (cfg.student.adapter, cfg.teacher.adapter) != ("full", "full"):
+        raise ValueError("disk_use counts full fine-tuning (the paper's); a LoRA checkpoint is an adapter, megabytes")
+    rc, weight = cfg.retrain, pick_dtype(cfg.model.dtype, torch.device("cuda")).itemsize
+    checkpoint = params * weight
+    kept = sum(kept_checkpoints(cfg, pool) for pool in cfg.fail_at_k.pools) * len(rc.methods) * len(rc.seeds)
+    latest, earlier = (4, promotions - 1) if promotions else (0, 0)
+    state = params * (12 + latest + weight * earlier)
+    runs = len(cfg.runs.variants) * len(cfg.runs.seeds) + len(cfg.sweep.taus) * len(cfg.sweep.ns)
+    use = {"checkpoint": checkpoint, "retrain": kept * checkpoint,
+           "retrain_run_peak": len(checkpoint_steps(rc.steps, rc.eval_every)) * checkpoint,
+           "soar_state": state, "soar": runs * state}
+    return use | {"total": use["retrain"] + use["soar"]}
+
+
 def oracle_questions(hard_train: Sequence[Problem], official: Sequence[Problem], n: int | None,
                      *, seed: int) -> list[Problem]:
     """The Oracle's real questions: the official train set (or a seeded sample of n of them, the
@@ -224,24 +277,28 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
                         seed: int, out, checkpoints, grader, progress: bool = True, pool: str | None = None) -> dict:
     """Train one fresh student from the base model on the method's schedule; log every step
     (with the ids of its questions, so the schedule can be read back) to out/metrics.jsonl, save
-    the adapter at checkpoint_steps to checkpoints/step_XXXXXX.pt, and choose the checkpoint
-    (`choose_checkpoints`; pool: the hard set's pool, for READ_AT). A finished run with the same
-    fingerprint whose checkpoints exist is not trained again: the choice is made anew from its
-    logged rewards (the rule and its knobs may have changed) and out/metrics.json rewritten only
-    if it changed.
+    the student at checkpoint_steps to checkpoints/step_XXXXXX.pt, choose the checkpoint
+    (`choose_checkpoints`; pool: the hard set's pool, for READ_AT), and keep only the chosen
+    window's checkpoints. A checkpoint is what evaluation loads: the student's trained weights as
+    the model computes with them (Policy.compute_weights: its adapter, or every weight in bf16 on
+    a GPU, half the fp32 masters; a run is never resumed mid-way, so nothing else is needed).
+    A finished run with the same fingerprint is not trained again if the checkpoints of its
+    choice are here: the choice is made anew from its logged rewards (the rule and its knobs may
+    have changed) and out/metrics.json rewritten only if it changed; a choice that moved onto
+    dropped checkpoints trains the run again (the same seeds: the same student).
 
     cfg: Config (student: KL, temperature, clipping; generation; retrain: the rule)."""
     plan = schedule(synthetic, hard, run, seed=seed)
     fp = run_fingerprint(run, seed, [q for b in plan for q in b])
     done, rc = out / "metrics.json", cfg.retrain
-    if done.exists():  # finished before, and its checkpoints are still here (not in git): skip
-        old = data.read_json(done)
-        if old.get("fingerprint") == fp and all((checkpoints / f"step_{s:06d}.pt").exists() for s in old["saved"]):
-            rewards = [row["student/reward_mean"] for row in tracking.read_log(out / "metrics.jsonl")]
-            chosen, window = choose_checkpoints(rewards, old["saved"], run, rc, pool=pool)
+    if done.exists() and (old := data.read_json(done)).get("fingerprint") == fp:  # finished before
+        rewards = [row["student/reward_mean"] for row in tracking.read_log(out / "metrics.jsonl")]
+        chosen, window = choose_checkpoints(rewards, old["saved"], run, rc, pool=pool)
+        if all(checkpoint_file(checkpoints, s).exists() for s in window):  # still here (not in git): skip
             if (old["chosen_step"], old["eval_checkpoints"]) != (chosen, window):
                 old = dict(old, chosen_step=chosen, eval_checkpoints=window)
                 data.write_json(done, old)
+            keep_checkpoints(checkpoints, window)  # those of an earlier choice, or of a killed cleanup
             return old
     synthetic_ids = {q.id for q in synthetic}
     start = time.perf_counter()
@@ -260,13 +317,14 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
                  "synthetic": sum(q.id in synthetic_ids for q in questions), **stats})
         if step in saved:
             checkpoints.mkdir(parents=True, exist_ok=True)
-            torch.save(policy.state(), checkpoints / f"step_{step:06d}.pt")
+            torch.save(policy.compute_weights(policy.state()), checkpoint_file(checkpoints, step))
     chosen, window = choose_checkpoints(rewards, saved, run, rc, pool=pool)
     result = {"fingerprint": fp, "method": run["method"], "rng_seed": seed, "steps": len(rewards),
               "saved": saved, "chosen_step": chosen, "eval_checkpoints": window,
               "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1], "run": run,
               "wall_s": time.perf_counter() - start}
     data.write_json(done, result)  # last, atomically: its presence means the run is complete
+    keep_checkpoints(checkpoints, window)
     return result
 
 
@@ -382,7 +440,7 @@ def evaluate_all(cfg, student, promoted: PromotedStudent, *, grader) -> dict[str
             for m in rc.methods:
                 where = paths.retrain_run(pool, m, seed)
                 done = data.read_json(paths.stage_dir("retrain", where) / "metrics.json")
-                ckpts = [paths.run_checkpoint("retrain", where) / f"step_{s:06d}.pt" for s in done["eval_checkpoints"]]
+                ckpts = [checkpoint_file(paths.run_checkpoint("retrain", where), s) for s in done["eval_checkpoints"]]
                 jobs.append((bench, problems, m, seed, student, ckpts, weights_of(ckpts)))
     for bench, problems, model, seed, policy, ckpts, tag in tqdm(jobs, desc="evaluate"):
         path = paths.eval_samples(bench, model, seed)

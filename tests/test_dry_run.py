@@ -32,7 +32,7 @@ def test_the_paper_path_runs_end_to_end(tmp_path):
     runs = json.loads((tmp_path / "results/retrain/metrics.json").read_text())["runs"]
     assert {(r["pool"], r["method"]) for r in runs} == {(p, m) for p in cfg.fail_at_k.pools for m in cfg.retrain.methods}
     ckpt = torch.load(tmp_path / "checkpoints/retrain/olympiadbench/oracle/seed0/step_000002.pt")
-    assert ckpt.keys() == weights.keys() and {v.dtype for v in ckpt.values()} == {torch.float32}  # fp32 masters
+    assert ckpt.keys() == weights.keys() and {v.dtype for v in ckpt.values()} == {torch.bfloat16}  # as computed
 
     metrics = json.loads((tmp_path / "results/eval/metrics.json").read_text())
     assert set(metrics["benchmarks"]) == {"math_test", "olympiadbench", "aime24", "amc23"}

@@ -145,6 +145,28 @@ def test_a_promoted_bf16_student_is_the_next_students_fp32_start():
     assert all(torch.equal(policy.state()[k], promoted[k]) for k in promoted)
 
 
+def test_a_superseded_full_promotion_kept_as_computed_replays_to_the_same_baseline():
+    """The SOAR state keeps only the latest promotion's fp32 masters (soar.teacher.SoarState):
+    replaying an earlier one as the bf16 model computes with it, then the latest, gives the
+    baseline of the run that merged both masters (its base and the next student's masters), and
+    the earlier promoted student alone is the same model either way (what the PS evaluation reads)."""
+    _, trained = learned_update(torch.bfloat16, steps=2)
+    first = trained.state()
+    update(trained, *make_optimizer(trained, lr=1e-5, warmup_steps=0, total_steps=1), *batch(9), kl_coef=0.001,
+           max_grad_norm=1.0)
+    latest = trained.state()
+    computed = trained.compute_weights(first)
+    assert {t.dtype for t in computed.values()} == {torch.bfloat16}
+    run, resumed = (Policy(tiny_llama(torch.bfloat16), TOKENIZER, adapter="full") for _ in range(2))
+    run.merge(first)
+    resumed.merge(computed)
+    assert all(torch.equal(run.base.state_dict()[k], v) for k, v in resumed.base.state_dict().items())
+    run.merge(latest)
+    resumed.merge(latest)
+    assert all(torch.equal(run.base.state_dict()[k], v) for k, v in resumed.base.state_dict().items())
+    assert all(torch.equal(run.state()[k], v) for k, v in resumed.state().items())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_load_state_sets_weights_and_masters(dtype):
     _, policy = learned_update(dtype, steps=2, lr=1e-3)

@@ -208,20 +208,26 @@ def test_evaluation_is_deterministic_for_a_seed(grader):
     assert a != evaluate_student(model, tok, HARD[:2], seed=4, **kw).records()
 
 
-def test_fresh_student_logs_its_schedule_saves_checkpoints_and_is_not_retrained(grader, tmp_path):
+def test_fresh_student_logs_its_schedule_keeps_its_window_and_is_not_retrained(grader, tmp_path):
+    import torch
+
     cfg = config.load("params.yaml", {"retrain": {"steps": 2, "synthetic_steps": 1, "questions_per_step": 1,
                                                   "samples_per_question": 2, "max_new_tokens": 8, "eval_every": 1},
                                       "generation": {"batch_size": 4}})
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     policy = Policy(model, tok, adapter="lora", lora_r=4, lora_alpha=8)
     run = retrain.run_config("pq-curriculum", cfg)
-    kw = dict(seed=0, out=tmp_path / "run", checkpoints=tmp_path / "ckpt", grader=grader, progress=False)
+    ckpt = tmp_path / "ckpt"
+    kw = dict(seed=0, out=tmp_path / "run", checkpoints=ckpt, grader=grader, progress=False)
     res = retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw)
     rows = tracking.read_log(tmp_path / "run" / "metrics.jsonl")
     assert [r["synthetic"] for r in rows] == [1, 0]
     assert rows[0]["ids"][0].startswith("syn") and rows[1]["ids"][0].startswith("hard")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000001.pt", "step_000002.pt"]
-    assert res["chosen_step"] in (1, 2) and res["eval_checkpoints"] and res["wall_s"] > 0
+    assert res["saved"] == [1, 2] and res["chosen_step"] in (1, 2) and res["eval_checkpoints"] and res["wall_s"] > 0
+    # only what evaluation reads is kept: the window's checkpoints, each the adapter as trained
+    assert sorted(ckpt.iterdir()) == [retrain.checkpoint_file(ckpt, s) for s in res["eval_checkpoints"]]
+    last, state = torch.load(retrain.checkpoint_file(ckpt, 2)), policy.state()
+    assert last.keys() == state.keys() and all(torch.equal(last[k], state[k]) for k in state)
     mtime = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
     assert retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw) == res  # skipped, not retrained
     assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == mtime
@@ -229,6 +235,59 @@ def test_fresh_student_logs_its_schedule_saves_checkpoints_and_is_not_retrained(
     again = retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw, pool="olympiadbench")
     assert (again["chosen_step"], again["eval_checkpoints"]) == (2, [2])  # READ_AT 50, capped at the run's 2 steps
     assert again["fingerprint"] == res["fingerprint"] and again["wall_s"] == res["wall_s"]  # not retrained
+    assert sorted(ckpt.iterdir()) == [retrain.checkpoint_file(ckpt, 2)]
+    # a choice whose checkpoints are gone trains the run again: the same student, bit for bit
+    retrain.checkpoint_file(ckpt, 2).unlink()
+    redone = retrain.train_fresh_student(policy, SYN, HARD, run, cfg, **kw, pool="olympiadbench")
+    assert redone["wall_s"] != again["wall_s"] and {**redone, "wall_s": 0} == {**again, "wall_s": 0}
+    assert all(torch.equal(torch.load(retrain.checkpoint_file(ckpt, 2))[k], last[k]) for k in last)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_checkpoint_is_what_evaluation_loads_in_the_compute_dtype(dtype):
+    """Full fine-tuning (the paper's): a checkpoint holds the student's weights as the model
+    computes with them, and evaluation loads the very model it loaded from the fp32 masters that
+    checkpoints held before. bf16 (a GPU): half the bytes; fp32 (CPU): the masters themselves,
+    with the same digest, so earlier evaluations are reused."""
+    import torch
+    from test_policy import learned_update  # a tiny random Llama after 2 RLOO updates
+
+    _, policy = learned_update(getattr(torch, dtype), steps=2)
+    masters = policy.state()
+    ckpt = policy.compute_weights(masters)
+
+    def evaluated(state):  # as evaluate_all loads a checkpoint
+        policy.reset(seed=0)
+        policy.load_state(state)
+        return {k: v.clone() for k, v in policy.model.state_dict().items()}
+
+    before, now = evaluated(masters), evaluated(ckpt)
+    assert before.keys() == now.keys() and all(torch.equal(before[k], now[k]) for k in now)
+    size = lambda s: sum(t.nbytes for t in s.values())  # noqa: E731
+    if dtype == "float32":
+        assert all(torch.equal(ckpt[k], masters[k]) for k in masters)
+        assert retrain.weights_digest([ckpt]) == retrain.weights_digest([masters])
+    else:
+        assert 2 * size(ckpt) == size(masters) and {t.dtype for t in ckpt.values()} == {torch.bfloat16}
+
+
+def test_disk_use_of_the_paper_profile():
+    """Llama-3.2-3B (3.21e9 weights) in bf16: 6.42 GB a checkpoint; per pool 10 methods x 3 seeds
+    keeping the 4 checkpoints of a 200-step window every 50 steps (MATH) or the one read at step 50
+    (OlympiadBench); a SOAR state of 12 + 4 + 3 x 2 bytes a weight (teacher masters and moments,
+    the latest of 4 promotions in fp32, the 3 earlier in bf16), for 3 variants x 3 seeds and 2 x 2
+    sweep cells."""
+    params, paper = 3.21e9, config.load("params.yaml", {"profile": "paper"})
+    use = retrain.disk_use(paper, params=params)
+    assert use["checkpoint"] == params * 2
+    assert use["retrain"] == pytest.approx((4 + 1) * 10 * 3 * params * 2)
+    assert use["retrain_run_peak"] == pytest.approx(30 * params * 2)  # 1500 steps / 50
+    assert use["soar_state"] == pytest.approx(params * (12 + 4 + 3 * 2))
+    assert use["soar"] == pytest.approx((3 * 3 + 2 * 2) * use["soar_state"])
+    assert use["total"] == pytest.approx(use["retrain"] + use["soar"]) and 1.8e12 < use["total"] < 1.9e12
+    assert retrain.disk_use(paper, params=params, promotions=0)["soar_state"] == pytest.approx(12 * params)
+    with pytest.raises(ValueError, match="LoRA"):
+        retrain.disk_use(config.load("params.yaml", {"profile": "tiny"}), params=params)
 
 
 def test_weights_digest_follows_the_values_not_the_objects(tmp_path):
