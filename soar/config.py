@@ -66,6 +66,10 @@ class GenerationConfig:
     """Sequences decoded together; larger is faster until memory runs out."""
     top_p: float = 1.0
     """Nucleus sampling mass (the paper samples at temperature 1.0 without truncation)."""
+    max_model_len: int = 4096
+    """vllm: the longest prompt + completion an engine serves (its KV cache is sized for it): at
+    least the longest prompt of a role plus its max_new_tokens (paper: prompts of a few hundred
+    tokens, answers of 1024); a longer request is an error that names this key."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,10 @@ class StudentConfig:
     micro_batch: int = 4
     """Completions per forward/backward of an update (gradients accumulate over the batch; the
     result is the same up to float round-off): larger is faster until the logits' memory runs out."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward instead of keeping them: activation
+    memory shrinks to the layers' inputs plus one layer, for one more forward per update (the same
+    results). The memory plan (soar.budget) says when a GPU needs it."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,10 @@ class TeacherConfig:
     micro_batch: int = 4
     """Completions per forward/backward of an update (gradients accumulate over the batch; the
     result is the same up to float round-off): larger is faster until the logits' memory runs out."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward instead of keeping them: activation
+    memory shrinks to the layers' inputs plus one layer, for one more forward per update (the same
+    results). The memory plan (soar.budget) says when a GPU needs it."""
 
 
 @dataclass(frozen=True)
@@ -295,7 +307,11 @@ class ParallelConfig:
     address: str | None = None
     """`ray.init(address=...)`: null starts a local Ray; "auto" or "ray://host:10001" joins a cluster."""
     gpus_per_worker: float = 0.0
-    """GPUs per actor (1 on a GPU cluster; 0 runs CPU actors)."""
+    """GPUs per actor (1 on a GPU cluster; 0 runs CPU actors, which see no GPU)."""
+    actor_gpus: tuple[int, ...] | None = None
+    """GPUs (CUDA indexes) a local Ray's actors may use when gpus_per_worker > 0; null: every
+    visible GPU but the driver's (model.device). A cluster's nodes declare theirs (`ray start
+    --num-gpus`)."""
     batch_students: int = 1
     """Students one worker trains at once on its base (batched students, LoRA only): their answers
     are sampled in one mixed-adapter batch. 1 trains them one after another. The same results
@@ -427,6 +443,16 @@ def from_dict(data: dict, *, where: str = "params") -> Config:
         raise ConfigError(f"parallel.batch_students: must be >= 1, got {cfg.parallel.batch_students}")
     if cfg.parallel.batch_students > 1 and cfg.student.adapter != "lora":
         raise ConfigError("parallel.batch_students > 1 needs student.adapter: lora (students share one base)")
+    if cfg.generation.backend == "vllm":
+        caps = {"teacher.max_new_tokens": cfg.teacher.max_new_tokens, "student.max_new_tokens": cfg.student.max_new_tokens,
+                "fail_at_k.max_new_tokens": cfg.fail_at_k.max_new_tokens, "retrain.max_new_tokens": cfg.retrain.max_new_tokens,
+                "evaluate.max_new_tokens": cfg.evaluate.max_new_tokens,
+                "analysis.solve_max_new_tokens": cfg.analysis.solve_max_new_tokens,
+                "analysis.verdict_max_new_tokens": cfg.analysis.verdict_max_new_tokens}
+        key, cap = max(caps.items(), key=lambda kv: kv[1])
+        if cfg.generation.max_model_len <= cap:
+            raise ConfigError(f"generation.max_model_len: {cfg.generation.max_model_len} leaves no room for a prompt "
+                              f"before {key}={cap}")
     return cfg
 
 

@@ -35,7 +35,8 @@ ADAPTER = "default"
 
 
 class Policy:
-    def __init__(self, base, tokenizer, *, adapter: str = "lora", lora_r: int = 16, lora_alpha: int = 32):
+    def __init__(self, base, tokenizer, *, adapter: str = "lora", lora_r: int = 16, lora_alpha: int = 32,
+                 gradient_checkpointing: bool = False):
         if adapter not in ("lora", "full"):
             raise ValueError(f"adapter must be 'lora' or 'full', got {adapter!r}")
         self.tokenizer, self.adapter = tokenizer, adapter
@@ -56,6 +57,8 @@ class Policy:
             self.model.engine_key = self.base.engine_key = id(self)
             self._masters = {n: p.detach().float() for n, p in self.model.named_parameters()
                              if p.dtype != torch.float32}
+        if gradient_checkpointing:  # the backward recomputes each layer from its input (memory: soar.budget)
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self._initial = None
         self.reset(seed=0)
 
@@ -94,6 +97,14 @@ class Policy:
         """What training changed, in fp32 (the masters), on the CPU: the adapter, or every weight
         under full fine-tuning."""
         return {n: self._masters.get(n, p).detach().to("cpu", copy=True) for n, p in self._trained()}
+
+    def compute_weights(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`state` (as state() gives it) as the model computes with it: each weight rounded to its
+        dtype in the model, as load_state rounds it. Half the bytes where a full student is bf16
+        (a GPU); the same tensors for LoRA adapters and fp32 models. Enough to evaluate or
+        promote a student, not to train it further (that needs the masters)."""
+        params = dict(self.model.named_parameters())
+        return {n: t.to(params[n].dtype) for n, t in state.items()}
 
     @contextlib.contextmanager
     def students(self, seeds):
@@ -217,9 +228,10 @@ def _check_fp32_adapters(model) -> None:
 
 def load_policy(model_cfg, role) -> Policy:
     """A fresh Policy on its own copy of the base model; role: StudentConfig or TeacherConfig
-    (adapter, lora_r, lora_alpha)."""
+    (adapter, lora_r, lora_alpha, gradient_checkpointing)."""
     base, tokenizer = load_model(model_cfg.name, dtype=model_cfg.dtype, device=model_cfg.device)
-    return Policy(base, tokenizer, adapter=role.adapter, lora_r=role.lora_r, lora_alpha=role.lora_alpha)
+    return Policy(base, tokenizer, adapter=role.adapter, lora_r=role.lora_r, lora_alpha=role.lora_alpha,
+                  gradient_checkpointing=role.gradient_checkpointing)
 
 
 def make_optimizer(policy: Policy, *, lr: float, warmup_steps: int, total_steps: int):
@@ -250,7 +262,7 @@ def _pad(samples, pad_id: int, device):
 
 def _logps(model, ids, attn) -> torch.Tensor:
     """Per-token log-probs of ids[:, 1:] given the prefix: (B, T-1)."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (B, T-1, V)
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]  # (B, T-1, V); no KV cache to keep
     return rl.token_logps(logits, ids[:, 1:])
 
 

@@ -85,10 +85,11 @@ def benchmarks(root: Path) -> str:
 
     gen = _load(root / paths.BENCHMARKS / "generation.json")
     if gen:
-        row("Generation", gen, f"`soar.sampling.generate` {gen['soar_generate']['tokens_per_s']:.0f} tokens/s vs a per-prompt "
-            f"`model.generate` loop {gen['naive_loop']['tokens_per_s']:.0f} tokens/s in the same run: "
-            f"**{gen['speedup']:.1f}x** ({gen['setup']['prompts']} prompts x {gen['setup']['n']} samples x "
-            f"{gen['setup']['tokens']} tokens)")
+        row("Generation", gen, f"`soar.sampling`'s decode loop {gen['soar_generate']['tokens_per_s']:.0f} tokens/s vs the "
+            f"loop it replaced (host sampling, a KV cache grown by concatenation) "
+            f"{gen['baseline_loop']['tokens_per_s']:.0f} tokens/s in the same run: **{gen['speedup']:.2f}x** "
+            f"(batch {gen['setup']['batch']} = {gen['setup']['prompts']} prompts x {gen['setup']['n']} samples, "
+            f"{gen['setup']['tokens']} tokens, V = {gen['setup']['vocab']:,})")
     gr = _load(root / paths.BENCHMARKS / "grading.json")
     if gr:
         row("Grading", gr, f"{gr['grade_many']['answers_per_s']:.0f} answers/s batched vs "
@@ -137,6 +138,16 @@ def benchmarks(root: Path) -> str:
         row("World student", wd, f"RLOO inner-loop steps/s, same run: addition world **{wd['world']['steps_per_s']:.2f}** "
             f"({shape(wd['world'])}) vs SmolLM2-135M {wd['tiny']['steps_per_s']:.3f} ({shape(wd['tiny'])}): "
             f"**{wd['speedup']:.0f}x**")
+    mem = _load(root / paths.BENCHMARKS / "memory.json")
+    if mem:
+        def ratios(allocator):
+            return ", ".join(f"{c['adapter']}{' + checkpointing' if c['gradient_checkpointing'] else ''} "
+                             f"{c['plan_over_measured'][allocator]:.2f}" for c in mem["cases"])
+        z = mem["sizes"]
+        row("Memory plan", mem, f"`soar.budget`'s plan over the measured peak RSS of {z['steps']} RLOO updates of "
+            f"{z['samples_per_step']} x ({z['prompt_tokens']} + {z['max_new_tokens']}) tokens on a random "
+            f"{mem['model']['parameters'] / 1e6:.0f}M Llama (fp32): tensors only **{ratios('tensors_only')}**; with "
+            f"glibc's default allocator (fragmentation) {ratios('glibc_default')}")
     if not rows:
         return _missing(paths.BENCHMARKS, "`make bench`")
     return "\n".join(["| Benchmark | Result | Date | Device |", "|---|---|---|---|", *rows])
@@ -206,7 +217,72 @@ def paper_budget(root: Path) -> str:
         f"{e['soar_run']:.0%} from one SOAR run ({paper['soar_run'][0]:,}–{paper['soar_run'][1]:,} GPU-hours) and "
         f"{e['fresh_student']:.0%} from one fresh student with its evaluation ({paper['fresh_student']} GPU-hours).",
         f"- Work model check on CPU ({profile} profile's retrain + evaluate at throughputs measured in the same run): "
-        f"{check}."])
+        f"{check}.", *node_lines(p)])
+
+
+def node_lines(p: dict) -> list[str]:
+    """The paper projection's outer step on one node, as the memory plan places it."""
+    node = p.get("node")
+    if node is None:
+        return []
+    ip, ray = node["layouts"]["inprocess"], node["layouts"]["ray"]
+
+    def span(xs, digits=1):
+        return f"{xs[0]:.{digits}f}–{xs[1]:.{digits}f}"
+
+    knobs = "; ".join(k.split(" (")[0] for k in node["knobs"]) or "none"
+    return [f"- One outer step on one node of {node['gpus']} H100 ({node['gpu_memory_gib']:.0f} GiB), as the memory plan "
+            f"(`soar.budget`) places it, with the knobs it adds to fit ({knobs}): in-process, teacher and student on "
+            f"one GPU each and the other {node['gpus'] - 2} idle, **{span(ip['wall_hours'])} h**; with "
+            f"{ray['student_slots']} Ray actors on those GPUs ({ray['busy_slots']} with a share of the students), "
+            f"**{span(ray['wall_hours'])} h**, {span(ray['node_gpu_hours'], 0)} GPU-hours held per outer step (the "
+            f"paper: {span(p['paper_gpu_hours_per_outer_step'])}, on 4 nodes)."]
+
+
+def gpu_check(root: Path) -> str:
+    """The GPU check (benchmarks/gpu_check.py): rollout and RLOO-step speed and peak memory at the
+    paper's shapes, beside the memory plan, and the GPU-hours they project."""
+    path = paths.BENCHMARKS / "gpu.json"
+    g = _load(root / path)
+    if g is None:
+        return ("_The GPU check has not run yet. On a machine with one H100 or H200 GPU (torch, transformers and "
+                "peft suffice; nothing is downloaded), `python benchmarks/gpu_check.py` measures it in under 8 "
+                f"minutes and writes `{path}`; then `python -m soar.report` renders it here._")
+    rows = []
+    for role in ("student", "teacher"):
+        o = g[role]["step"]
+        if "step_s" in o:
+            rows.append([f"{role} RLOO step", f"{o['sequences']} x {o['tokens_per_sequence']} tokens, micro-batch "
+                         f"{o['micro_batch']} ({o['micro_batches_run']} of {o['micro_batches']} run)",
+                         f"{o['step_s']:.0f} s (whole step)", f"{o['trained_tokens_per_s']:,.0f} trained tokens/s",
+                         f"{o['peak_gib']:.1f}", f"{o['plan_gib']:.1f}"])
+        else:
+            rows.append([f"{role} RLOO step", o.get("error", "skipped: time cap"), "", "",
+                         f"{o['peak_gib']:.1f}" if "peak_gib" in o else "", f"{o.get('plan_gib', 0):.1f}"])
+        o = g[role]["rollout"]
+        if "tokens" in o:
+            rows.append([f"{role} rollout", f"{o['prompts']} x {o['samples']} samples x {o['max_new_tokens']} tokens "
+                         f"(cap {o['of_max_new_tokens']}), prompts {o['prompt_tokens']}", f"{o['seconds']:.0f} s",
+                         f"{o['tokens_per_s']:,.0f} tokens/s", f"{o['peak_gib']:.1f}", f"{o['plan_gib']:.1f}"])
+        else:
+            rows.append([f"{role} rollout", o.get("error", "skipped: time cap"), "", "",
+                         f"{o['peak_gib']:.1f}" if "peak_gib" in o else "", f"{o.get('plan_gib', 0):.1f}"])
+    unit = "GiB, max allocated" if g["device"] == "cuda" else "GiB, process peak RSS"
+    lines = [_table(["phase", "shape", "time", "throughput", f"peak ({unit})", "memory plan (GiB)"], rows), "",
+             f"- {g['gpu'] or 'CPU (--tiny: a toy model, not a measurement)'}, {g['memory_gib']:.0f} GiB, {g['date']}: "
+             f"random-weight `{g['model']}` ({g['parameters']:,} parameters), torch "
+             f"{g['versions']['torch']}, transformers {g['versions']['transformers']}, peft {g['versions']['peft']}; "
+             f"knobs the memory plan added: {', '.join(g['knobs']) or 'none'}."]
+    p = g["projection"]
+    if p:
+        n = p["node"]
+        lines.append(f"- Projected at these rates (`soar.budget`'s work model): {p['gpu_hours_per_outer_step']:.2f} "
+                     f"GPU-hours of compute per outer step, {p['gpu_hours_per_run']:,.0f} per run ({p['outer_steps']} "
+                     f"outer steps). On 8 such GPUs an outer step takes {n['inprocess']['wall_hours']:.2f} h in-process "
+                     f"(one student GPU) and {n['ray']['wall_hours']:.2f} h with {n['ray']['student_slots']} Ray actors "
+                     f"({n['ray']['busy_slots']} with a share of the students; {n['ray']['node_gpu_hours']:.1f} GPU-hours "
+                     "held).")
+    return "\n".join(lines)
 
 
 def analysis(root: Path) -> str:
@@ -349,7 +425,7 @@ def findings(root: Path) -> str:
 
 
 BLOCKS = {"world": world, "stage_times": stage_times, "findings": findings, "fail_at_k": fail_at_k, "soar": soar_runs, "main_table": main_table, "analysis": analysis,
-          "sweep": sweep, "benchmarks": benchmarks, "paper_budget": paper_budget}
+          "sweep": sweep, "benchmarks": benchmarks, "paper_budget": paper_budget, "gpu_check": gpu_check}
 
 
 def render(readme: str | Path = "README.md", root: str | Path = ".") -> list[str]:

@@ -11,9 +11,9 @@ One outer step (`meta_step`), as in the paper's algorithm box:
   5. moving average of the mean reward; above tau, promote: the baseline becomes the median
      student of the best dataset, whose questions join the Promotion Questions (PQ).
 `SoarRun` owns the state and its atomic checkpoint, so a killed run resumes identically.
-Step 3 is the expensive one: its inner loops go to an executor (soar.parallel), each worker
-training its share of the students one after another or, with parallel.batch_students, several
-at once on one base (`inner_loops`).
+Step 3 is the expensive one: its g*B*r inner loops (one job per student, `InnerJob`) go to an
+executor (soar.parallel), each worker training its share of the students one after another or,
+with parallel.batch_students, several at once on one base (`inner_loops`).
 """
 
 from __future__ import annotations
@@ -137,50 +137,34 @@ def q_r_scores(model, tokenizer, q_r: list[Problem], cfg, *, grader, adapters=(N
     return [sum(scores[k : k + len(q_r)]) / len(q_r) for k in range(0, len(scores), len(q_r))]
 
 
-def teacher_reward(student, dataset: Dataset, q_r: list[Problem], baseline_score: float, cfg, *, r: int,
-                   extra_steps: int, seed: int, grader) -> dict:
-    """Grounded reward of X_k: train r students from the baseline on X_k (inner loop), score
-    each one greedily on Q_R, subtract the baseline's score; average over the r students.
-    Also returns the median student (by gain) as the promotion candidate of this dataset."""
-    gains, states, train_s, eval_s = [], [], 0.0, 0.0
-    for j in range(r):
-        clock = time.perf_counter()
-        run = train_student(student, dataset.problems, cfg.student, steps=cfg.student.steps + extra_steps,
-                            seed=seed_from(seed, j), grader=grader, generation=cfg.generation)
-        train_s += time.perf_counter() - clock
-        clock = time.perf_counter()
-        gains.append(q_r_score(student.model, student.tokenizer, q_r, cfg, grader=grader) - baseline_score)
-        eval_s += time.perf_counter() - clock
-        states.append(run.state)
-    return _reward(gains, states, train_s, eval_s)
-
-
-def _reward(gains: list[float], states: list[dict], train_s: float, eval_s: float) -> dict:
-    """teacher_reward's result from its r students' gains and trained states."""
-    median = median_index(gains)
-    return {"reward": sum(gains) / len(gains), "gains": gains, "median_state": states[median],
-            "median_gain": gains[median], "train_s": train_s, "eval_s": eval_s}
-
-
 @dataclass(frozen=True)
 class InnerJob:
-    """One dataset's inner loops, as shipped to an executor (plain data: problems, not samples)."""
+    """One inner loop, as shipped to an executor: the `student`-th of the r students trained on one
+    dataset (plain data: problems, not samples). `seed` is the dataset's; the student trains
+    with seed_from(seed, student), whichever worker runs it."""
 
     problems: list[Problem]
     q_r: list[Problem]
     baseline_score: float
     extra_steps: int
     seed: int
+    student: int
 
 
 def inner_loop(worker: Worker, job: InnerJob) -> dict:
-    """`teacher_reward` of one dataset on an executor's worker (soar.parallel)."""
-    return teacher_reward(worker.student, Dataset(job.problems, []), job.q_r, job.baseline_score, worker.cfg,
-                          r=worker.cfg.soar.r, extra_steps=job.extra_steps, seed=job.seed, grader=worker.grader)
+    """One student trained from the baseline on the job's dataset (inner loop) and scored greedily
+    on Q_R: its gain over the baseline's score, its trained state and its times."""
+    cfg, clock = worker.cfg, time.perf_counter()
+    run = train_student(worker.student, job.problems, cfg.student, steps=cfg.student.steps + job.extra_steps,
+                        seed=seed_from(job.seed, job.student), grader=worker.grader, generation=cfg.generation)
+    train_s, clock = time.perf_counter() - clock, time.perf_counter()
+    score = q_r_score(worker.student.model, worker.student.tokenizer, job.q_r, cfg, grader=worker.grader)
+    return {"gain": score - job.baseline_score, "state": run.state, "train_s": train_s,
+            "eval_s": time.perf_counter() - clock}
 
 
 def inner_loops(worker: Worker, jobs: list[InnerJob]) -> list[dict]:
-    """`inner_loop` of several datasets on one worker: their students one after another, or
+    """`inner_loop` of several students on one worker: one after another, or
     parallel.batch_students of them at once on the worker's base (soar.student.train_students;
     the same results up to float round-off, in less time where a larger batch is cheaper)."""
     cfg, size = worker.cfg, worker.cfg.parallel.batch_students
@@ -189,24 +173,29 @@ def inner_loops(worker: Worker, jobs: list[InnerJob]) -> list[dict]:
     q_r, steps = jobs[0].q_r, cfg.student.steps + jobs[0].extra_steps
     if any(job.q_r != q_r or job.extra_steps != jobs[0].extra_steps for job in jobs):
         raise ValueError("batched students need the same Q_R and step count for every dataset of a teacher step")
-    students = [(k, j) for k in range(len(jobs)) for j in range(cfg.soar.r)]  # r students per dataset
-    gains, states, train_s, eval_s = {}, {}, 0.0, 0.0
-    for start in range(0, len(students), size):
-        chunk = students[start : start + size]
-        clock = time.perf_counter()
-        with train_students(worker.student, [jobs[k].problems for k, _ in chunk], cfg.student, steps=steps,
-                            seeds=[seed_from(jobs[k].seed, j) for k, j in chunk], grader=worker.grader,
+    results = []
+    for start in range(0, len(jobs), size):
+        chunk, clock = jobs[start : start + size], time.perf_counter()
+        with train_students(worker.student, [job.problems for job in chunk], cfg.student, steps=steps,
+                            seeds=[seed_from(job.seed, job.student) for job in chunk], grader=worker.grader,
                             generation=cfg.generation) as (names, runs):
-            train_s += time.perf_counter() - clock
-            clock = time.perf_counter()
+            train_s, clock = time.perf_counter() - clock, time.perf_counter()
             scores = q_r_scores(worker.student.model, worker.student.tokenizer, q_r, cfg, grader=worker.grader,
                                 adapters=names)
-            eval_s += time.perf_counter() - clock
-        for (k, j), score, run in zip(chunk, scores, runs):
-            gains[k, j], states[k, j] = score - jobs[k].baseline_score, run.state
-    r = range(cfg.soar.r)  # the worker's time, shared evenly by its datasets
-    return [_reward([gains[k, j] for j in r], [states[k, j] for j in r], train_s / len(jobs), eval_s / len(jobs))
-            for k in range(len(jobs))]
+            eval_s = time.perf_counter() - clock
+        results += [{"gain": score - job.baseline_score, "state": run.state, "train_s": train_s / len(chunk),
+                     "eval_s": eval_s / len(chunk)} for job, score, run in zip(chunk, scores, runs)]  # time shared evenly
+    return results
+
+
+def teacher_reward(students: list[dict]) -> dict:
+    """Grounded reward of X_k from its r students (`inner_loop` results): their mean gain on Q_R
+    over the baseline. The median student (by gain) is the dataset's promotion candidate."""
+    gains = [s["gain"] for s in students]
+    median = median_index(gains)
+    return {"reward": sum(gains) / len(gains), "gains": gains, "median_state": students[median]["state"],
+            "median_gain": gains[median], "train_s": sum(s["train_s"] for s in students),
+            "eval_s": sum(s["eval_s"] for s in students)}
 
 
 def median_index(values: list[float]) -> int:
@@ -226,12 +215,19 @@ def promotion_due(history: list[float], tau: float, window: int) -> bool:
 
 @dataclass
 class SoarState:
-    """Everything a resumed run needs; saved atomically after every outer step."""
+    """Everything a resumed run needs; saved atomically after every outer step.
+
+    promotions[i]["state"] is the promoted student's trained weights (its adapter, or every weight
+    under full fine-tuning). Only the latest is kept in fp32 (the masters), which resuming needs:
+    the next students start from it exactly. Earlier ones are kept as the model computes with
+    them (Policy.compute_weights: bf16 on a GPU, half the bytes), all that the Promoted Student's
+    evaluation reads; a full student's merge replaces the base, so replaying them before the
+    latest gives the same baseline, and LoRA adapters, which add up, are fp32 either way."""
 
     step: int = 0
     reward_history: list = field(default_factory=list)  # mean dataset reward of each step (R-hat_t)
     grounded_history: list = field(default_factory=list)  # mean grounded gain (drives promotion)
-    promotions: list = field(default_factory=list)  # [{"step", "state" (student adapter), "problems"}]
+    promotions: list = field(default_factory=list)  # [{"step", "state" (student weights), "problems"}]
     teacher_state: dict = field(default_factory=dict)
     optimizer_state: dict = field(default_factory=dict)
     scheduler_state: dict = field(default_factory=dict)
@@ -297,11 +293,13 @@ class SoarRun:
         eval_s = time.perf_counter() - clock
         # 3. inner loops: r students per dataset, rewarded on Q_R
         extra = cfg.student.extra_steps_after_promotion if self.state.promotions else 0
-        jobs = [InnerJob(X.problems, q_r, baseline_score, extra, seed_from(seed, 2, k)) for k, X in enumerate(datasets)]
-        size = -(-len(jobs) // self.executor.slots)  # one contiguous share of the datasets per worker
+        jobs = [InnerJob(X.problems, q_r, baseline_score, extra, seed_from(seed, 2, k), j)
+                for k, X in enumerate(datasets) for j in range(sc.r)]
+        size = -(-len(jobs) // self.executor.slots)  # one contiguous share of the g*B*r students per worker
         shares = self.executor.map(inner_loops, [jobs[i : i + size] for i in range(0, len(jobs), size)],
                                    local=Worker(self.student, self.grader, cfg), promotions=self.state.promotions)
-        results = [res for share in shares for res in share]
+        students = [res for share in shares for res in share]
+        results = [teacher_reward(students[k * sc.r : (k + 1) * sc.r]) for k in range(n_datasets)]
         grounded = [res["reward"] for res in results]
         clock = time.perf_counter()
         if sc.reward == "intrinsic":
@@ -330,6 +328,9 @@ class SoarRun:
         if promoted:
             best = best_index(grounded)  # the best dataset; its median student becomes the baseline
             self.student.merge(results[best]["median_state"])
+            if self.state.promotions:  # superseded: kept as computed (SoarState.promotions)
+                last = self.state.promotions[-1]
+                last["state"] = self.student.compute_weights(last["state"])
             self.state.promotions.append({"step": t, "state": results[best]["median_state"],
                                           "problems": [p.to_dict() for p in datasets[best].problems]})
             self.state.grounded_history.clear()  # a new baseline starts a new average

@@ -71,6 +71,8 @@ def test_fingerprint_ignores_which_runs_exist_but_not_what_a_run_computes():
         ({"profile": "nope"}, "has no file"),
         ({"soar": {"reward": "grounde"}}, "soar.reward: 'grounde' is not one of"),
         ({"generation": {"backend": "sglang"}}, "generation.backend: 'sglang' is not one of ['hf', 'vllm']"),
+        ({"generation": {"backend": "vllm", "max_model_len": 200}, "student": {"max_new_tokens": 200}},
+         "generation.max_model_len: 200 leaves no room for a prompt before student.max_new_tokens=200"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key(override, message):
