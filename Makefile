@@ -32,8 +32,12 @@ models/.converted: $(VENV)/.installed
 	$(BIN)/python -m soar.models convert smollm2-135m-instruct
 	touch $@
 
+# A failed stage prints one line starting "soar: " (soar.stage); DVC adds its own error after
+# it, so the stage's line is repeated last.
 repro: setup
-	$(BIN)/dvc repro
+	@mkdir -p .dvc/tmp
+	@set -o pipefail; $(BIN)/dvc repro 2>&1 | tee .dvc/tmp/repro.log || \
+	  { grep -a '^soar: ' .dvc/tmp/repro.log | tail -n 1; exit 1; }
 	$(BIN)/python -m soar.report  # README blocks from results/
 
 test: setup
