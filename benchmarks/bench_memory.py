@@ -63,8 +63,7 @@ def run_case(folder: str, adapter: str, checkpointing: bool) -> dict:
         update(policy, optimizer, scheduler, samples, torch.randn(SAMPLES, generator=g), kl_coef=cfg.student.kl_coef,
                max_grad_norm=1.0, micro_batch=cfg.student.micro_batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    m = budget.model_memory(cfg, "student", budget.architecture(cfg.model.name), bytes_per_param=4, cuda=False,
-                            prompt=PROMPT)
+    m = budget.model_memory(cfg, "student", budget.architecture(cfg.model.name), bytes_per_param=4, prompt=PROMPT)
     update_phase = max(("backward", "optimizer step"), key=lambda p: sum(m.phases[p].values()))
     return {"plan_mb": (m.held + sum(m.phases[update_phase].values())) / 2**20, "measured_mb": (peak - before) / 2**20,
             "plan_parts_mb": {k: v / 2**20 for k, v in {**m.resident, **m.phases[update_phase]}.items() if v},

@@ -126,7 +126,7 @@ def planned(cfg, role: str, phase: str, *, prompt: float, new: int, cuda: bool) 
     caps = {"max_new_tokens": new}
     shaped = budget.override(cfg, **{role: caps}, **({"retrain": caps, "evaluate": caps} if role == "student" else {}))
     w = 2 if cuda else 4  # model.dtype auto: bf16 on a GPU, fp32 on the CPU
-    m = budget.model_memory(shaped, role, budget.architecture(cfg.model.name), bytes_per_param=w, cuda=cuda, prompt=prompt)
+    m = budget.model_memory(shaped, role, budget.architecture(cfg.model.name), bytes_per_param=w, prompt=prompt)
     need = sum(m.phases["rollout"].values()) if phase == "rollout" else \
         max(sum(m.phases[p].values()) for p in ("backward", "optimizer step"))
     return (m.held + need) / GiB

@@ -278,7 +278,7 @@ class ModelMemory:
         return self.held + self.working[1]
 
 
-def model_memory(cfg, role: str, arch: Architecture, *, bytes_per_param: int, cuda: bool, capacity: float = 0.0,
+def model_memory(cfg, role: str, arch: Architecture, *, bytes_per_param: int, capacity: float = 0.0,
                  prompt: float = PROMPT_TOKENS) -> ModelMemory:
     """What the `role` ("teacher" or "student") policy of `cfg` holds (soar.policy, soar.sampling):
     - resident: the weights it computes with; the frozen reference (full fine-tuning: the base, a
@@ -288,13 +288,13 @@ def model_memory(cfg, role: str, arch: Architecture, *, bytes_per_param: int, cu
     - rollout (HF backend): the KV cache of a decode batch, generation.batch_size rows of
       prompt + max_new_tokens, and one step's fp32 logits and sampling noise;
     - backward, one micro-batch of micro_batch x (prompt + max_new_tokens) tokens: fp32 gradients
-      on the masters plus the compute weights' own until they are moved there, the layers'
+      on the masters plus one compute weight's own on its way there (the largest), the layers'
       activations (with gradient checkpointing: each layer's input, and one layer recomputed), and
       the (micro_batch x T x V) logits: their fp32 copy kept for the backward, and in the backward
       their gradient plus one sequence's on its way in, each (micro_batch x T x V) in the model's
       dtype (soar.rl.token_logps goes one sequence at a time; autograd widens each to the whole);
-    - optimizer step: the fp32 gradients, and on CUDA the foreach AdamW's one fp32 temporary of
-      the trained weights' size.
+    - optimizer step: the fp32 gradients (AdamW is fused on CUDA, soar.policy.make_optimizer: it
+      makes no temporary of the trained weights' size, as the foreach one does).
     Student lengths are the longest of its stages (SOAR inner loops, retrain, evaluate)."""
     rc, w = getattr(cfg, role), bytes_per_param
     if role == "student":
@@ -318,9 +318,10 @@ def model_memory(cfg, role: str, arch: Architecture, *, bytes_per_param: int, cu
     tokens = rc.micro_batch * _length(arch, prompt, trained_new)
     layers = (arch.layers * arch.hidden * w + arch.layer_activation_bytes(w) if rc.gradient_checkpointing
               else arch.layers * arch.layer_activation_bytes(w))
-    phases["backward"] = {"gradients": trained * 4 + (trained * w if full and w != 4 else 0.0),
+    # one weight's own gradient at a time, on its way to its master (soar.policy): the largest, the embedding
+    phases["backward"] = {"gradients": trained * 4 + (arch.vocab * arch.hidden * w if full and w != 4 else 0.0),
                           "activations": tokens * layers, "logits": tokens * arch.vocab * (4 + 2 * w)}
-    phases["optimizer step"] = {"gradients": trained * 4, "AdamW temporary": trained * 4 if cuda else 0.0}
+    phases["optimizer step"] = {"gradients": trained * 4}
     return ModelMemory(role, resident, phases)
 
 
@@ -429,7 +430,7 @@ def memory_plan(cfg, devices: Sequence[float] | None = None, *, roles: Sequence[
     w = pick_dtype(cfg.model.dtype, torch.device("cuda" if gpu else "cpu")).itemsize
 
     def need(role, capacity):
-        return model_memory(cfg, role, arch, bytes_per_param=w, cuda=gpu, capacity=capacity, prompt=prompt)
+        return model_memory(cfg, role, arch, bytes_per_param=w, capacity=capacity, prompt=prompt)
 
     pc, problems, notes = cfg.parallel, [], []
     placement = {role: named[min(k, len(named) - 1)][0] if gpu else "cpu" for k, role in enumerate(roles)}

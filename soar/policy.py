@@ -13,9 +13,9 @@ under the policy and the reference, and make one optimizer step on the RLOO loss
 Precision (bf16 on GPU). An AdamW step of about lr = 1e-5 (the paper's) is below half a bf16 ULP
 of most weights, so a bf16 model stepped in place barely moves (measured on a tiny random Llama:
 10 steps changed 15% of the weights, cosine 0.36 with the fp32 update). So every trained weight
-has an fp32 master: forward and backward run in the model's dtype, gradients accumulate in fp32
-on the masters, the optimizer steps the masters, and the model gets a rounded copy after each
-step. `parameters()` (what the optimizer steps) and `state()` (what checkpoints and promotions
+has an fp32 master: forward and backward run in the model's dtype, each gradient is moved onto
+its master as the backward makes it and accumulates there in fp32, the optimizer steps the
+masters, and the model gets a rounded copy after each step. `parameters()` (what the optimizer steps) and `state()` (what checkpoints and promotions
 save) are the masters. LoRA adapters are fp32 already (peft keeps them so: each adapter is its
 own master). In fp32 (CPU) the masters are the weights themselves: no copy, the same results.
 """
@@ -57,6 +57,12 @@ class Policy:
             self.model.engine_key = self.base.engine_key = id(self)
             self._masters = {n: p.detach().float() for n, p in self.model.named_parameters()
                              if p.dtype != torch.float32}
+            # each weight's gradient goes onto its master as soon as the backward has made it, so
+            # that at most one low-precision gradient exists at a time (3B in bf16: 6 GiB less)
+            for name, p in self.model.named_parameters():
+                if name in self._masters:
+                    p.requires_grad_(True)  # trained (reset); the copy took the base's False
+                    p.register_post_accumulate_grad_hook(_onto_master(self._masters[name]))
         if gradient_checkpointing:  # the backward recomputes each layer from its input (memory: soar.budget)
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self._initial = None
@@ -194,16 +200,6 @@ class Policy:
         self.model.base_version = getattr(self.model, "base_version", 0) + 1  # a vLLM engine reloads it
         self.reset(seed=0)
 
-    def accumulate_grads(self) -> None:
-        """Move the gradients of the compute weights onto their fp32 masters, summed in fp32
-        (after each micro-batch's backward; nothing to do where the weights are their masters)."""
-        for name, p in self._trained():
-            master = self._masters.get(name)
-            if master is None or p.grad is None:
-                continue
-            master.grad = p.grad.float() if master.grad is None else master.grad.add_(p.grad)
-            p.grad = None
-
     def stepped(self) -> None:
         """After an optimizer step on the masters: the compute weights take their new values."""
         with torch.no_grad():
@@ -216,6 +212,17 @@ class Policy:
     def _changed(self) -> None:
         """The trained copy's weights changed: a vLLM engine holding them reloads (soar.sampling)."""
         self.model.weights_version = getattr(self.model, "weights_version", 0) + 1
+
+
+def _onto_master(master: torch.Tensor):
+    """A backward hook of a compute weight: add its gradient onto its fp32 master's, summed in fp32
+    over micro-batches, and free it."""
+
+    def hook(p: torch.Tensor) -> None:
+        master.grad = p.grad.float() if master.grad is None else master.grad.add_(p.grad)
+        p.grad = None
+
+    return hook
 
 
 def _check_fp32_adapters(model) -> None:
@@ -236,8 +243,12 @@ def load_policy(model_cfg, role) -> Policy:
 
 def make_optimizer(policy: Policy, *, lr: float, warmup_steps: int, total_steps: int):
     """AdamW on the policy's fp32 masters, with linear warmup then cosine decay to 0 (paper:
-    AdamW, cosine)."""
-    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    AdamW, cosine). Fused on CUDA: one kernel per step, and no temporary the size of the trained
+    weights (the foreach default makes one: 12 GiB for a 3B model's fp32 masters, the peak of a
+    full fine-tuning step on 80 GB, soar.budget.model_memory); elsewhere torch's default."""
+    params = list(policy.parameters())
+    fused = True if params and all(p.is_cuda for p in params) else None
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused)
 
     def schedule(step: int) -> float:
         if step < warmup_steps:
@@ -246,6 +257,8 @@ def make_optimizer(policy: Policy, *, lr: float, warmup_steps: int, total_steps:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
 def _pad(samples, pad_id: int, device):
     """Right-padded prompt+completion ids, attention mask and completion mask (B, T)."""
     seqs = [list(s.prompt_ids) + list(s.completion_ids) for s in samples]
@@ -290,8 +303,7 @@ def update(policy: Policy, optimizer, scheduler, samples, advantages: torch.Tens
         loss, s = rl.policy_gradient_loss(logps, advantages[i : i + micro_batch].to(device), mask,
                                           ref_logps=ref_logps, kl_coef=kl_coef, normalize="token")
         share = mask.sum().item() / total_tokens
-        (loss * share).backward()
-        policy.accumulate_grads()  # onto the fp32 masters, freeing the compute weights' gradients
+        (loss * share).backward()  # each gradient onto its fp32 master as it is made (_onto_master)
         for k, v in s.items():
             stats[k] = stats.get(k, 0.0) + v * share
     stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm))

@@ -71,6 +71,20 @@ def test_bf16_learns_the_fp32_update():
     assert all(m.grad is None for m in policy.parameters())
 
 
+def test_bf16_gradients_move_onto_the_masters_as_the_backward_makes_them():
+    """Memory (soar.budget.model_memory): each compute weight's gradient leaves for its master as
+    soon as it is made, so no two bf16 gradients are held at once (3B: 6 GiB)."""
+    policy = Policy(tiny_llama(torch.bfloat16), TOKENIZER, adapter="full")
+    params = list(policy.model.parameters())
+    held = []  # after each weight's gradient is made: how many compute weights hold one
+    for p in params:  # runs after soar.policy's own hook (registered first)
+        p.register_post_accumulate_grad_hook(lambda _: held.append(sum(q.grad is not None for q in params)))
+    optimizer, scheduler = make_optimizer(policy, lr=1e-5, warmup_steps=0, total_steps=1)
+    update(policy, optimizer, scheduler, *batch(0), kl_coef=0.001, max_grad_norm=1.0, micro_batch=4)
+    assert len(held) == 2 * len(params)  # two micro-batches, every weight trained
+    assert max(held) == 0
+
+
 def test_fp32_weights_are_their_own_masters():
     """In fp32 (CPU) nothing is copied: the optimizer steps the model's own weights, state() is
     what it always was, so fp32 results are unchanged (also checked bit for bit against the
