@@ -23,7 +23,7 @@ import torch
 from soar import budget, config, data, paths, prompts
 from soar.models import load_model
 from soar.policy import load_policy, make_optimizer, update
-from soar.retrain import test_sets
+from soar.retrain import kept_checkpoints, test_sets
 from soar.sampling import encode_prompts, generate
 from soar.teacher import teacher_prompt
 
@@ -140,7 +140,7 @@ def paper_projection(cfg, tokenizer) -> dict:
             "evaluate": budget.evaluate_work(cfg, tests)}
     one_fresh = (budget.rl_steps(rc.steps, rc.questions_per_step * rc.samples_per_question, rc.max_new_tokens, prompt)
                  + budget.Work(PAPER_TEST["math_test"] * ec.n_samples * ec.max_new_tokens
-                               * budget.evaluated_checkpoints(cfg)))
+                               * kept_checkpoints(cfg, "math_test")))
     # the paper's main table: grounded, no-promotion (the same work) and intrinsic runs x 3 seeds
     work["main_table_total"] = (work["soar_grounded_run"] * 6 + work["soar_intrinsic_run"] * 3
                                 + work["retrain"] + work["evaluate"])

@@ -31,7 +31,7 @@ import torch
 from soar import paths
 from soar.config import ConfigError
 from soar.models import pick_dtype
-from soar.retrain import checkpoint_steps, method, window_checkpoints
+from soar.retrain import kept_checkpoints, method, tested_pool
 from soar.sampling import VLLM_GPU_MEMORY
 
 
@@ -90,22 +90,14 @@ def retrain_work(cfg, *, prompt: float) -> Work:
     return total * (len(cfg.fail_at_k.pools) * len(rc.seeds))
 
 
-def evaluated_checkpoints(cfg) -> int:
-    """Checkpoints a fresh student's test score averages: those of the window after a chosen
-    step in the middle of the run (the rule picks it from the rewards; the count differs only
-    near the end of a run)."""
-    rc = cfg.retrain
-    saved = checkpoint_steps(rc.steps, rc.eval_every)
-    return len(window_checkpoints(saved, saved[len(saved) // 2], rc.window))
-
-
 def evaluate_work(cfg, test_problems: Mapping[str, int]) -> Work:
     """The evaluate stage: on every benchmark, n_samples answers per test problem from the base
-    model and the PS (one checkpoint each) and every fresh student (its window's checkpoints),
-    once per seed. test_problems: {benchmark: problem count}."""
+    model and the PS (one checkpoint each) and every fresh student of the pool it tests (the
+    checkpoints that student keeps: its window's, or one for a READ_AT pool), once per seed.
+    test_problems: {benchmark: problem count}."""
     ec, rc = cfg.evaluate, cfg.retrain
-    models = 2 + len(rc.methods) * evaluated_checkpoints(cfg)
-    return Work(sum(test_problems.values()) * ec.n_samples * ec.max_new_tokens * models * len(rc.seeds))
+    return Work(sum(count * (2 + len(rc.methods) * kept_checkpoints(cfg, tested_pool(cfg, benchmark)))
+                    for benchmark, count in test_problems.items()) * ec.n_samples * ec.max_new_tokens * len(rc.seeds))
 
 
 @dataclass(frozen=True)

@@ -402,13 +402,20 @@ def train_all(cfg, student, sources: dict[str, list[Problem]], *, grader) -> lis
     return results
 
 
+def tested_pool(cfg, benchmark: str) -> str:
+    """The pool whose fresh students a benchmark tests: its own pool's hard test split, or for an
+    `evaluate.extra` benchmark the first pool's."""
+    pools = cfg.fail_at_k.pools
+    return benchmark if benchmark in pools else pools[0]
+
+
 def test_sets(cfg) -> dict[str, tuple[str, list[Problem]]]:
     """{benchmark: (pool whose students it tests, problems)}: each pool's hard test split, and
     the `evaluate.extra` benchmarks whole (tested with the first pool's students); `limit`
     draws a seeded sample of each."""
     ec, pools = cfg.evaluate, cfg.fail_at_k.pools
-    sets = {pool: (pool, data.load_problems(paths.hard_split(pool, "test"))) for pool in pools}
-    sets |= {name: (pools[0], data.load_benchmark(name)) for name in ec.extra}
+    sets = {pool: (tested_pool(cfg, pool), data.load_problems(paths.hard_split(pool, "test"))) for pool in pools}
+    sets |= {name: (tested_pool(cfg, name), data.load_benchmark(name)) for name in ec.extra}
     if ec.limit is not None:
         sets = {b: (pool, data.sample_problems(ps, min(ec.limit, len(ps)), seed=(cfg.seed, 11)))
                 for b, (pool, ps) in sets.items()}
