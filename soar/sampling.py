@@ -22,6 +22,7 @@ a plain KV-cached decode loop on Hugging Face forward passes, written out here r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -366,14 +367,32 @@ class _VLLMEngine:
             lora_args = {"enable_lora": True, "max_lora_rank": max(8, 1 << (rank - 1).bit_length()),  # powers of two
                     "max_loras": 8}  # adapters in one batch (batched students); more are scheduled in turns
         # It is a one-process torch.distributed group: vLLM reads these if nothing set them.
-        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
                            ("MASTER_PORT", str(_free_port()))):
             os.environ.setdefault(key, value)
-        self.llm = LLM(model=str(self.dir / "base"), gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0,
-                       max_model_len=self.max_model_len, distributed_executor_backend="external_launcher", **lora_args)
+        # The engine goes on its model's GPU (the memory plan's placement: teacher and student
+        # apart): external_launcher puts its worker on cuda:LOCAL_RANK, read once, here.
+        self.gpu = _gpu_of(model)
+        previous = os.environ.get("LOCAL_RANK")
+        os.environ["LOCAL_RANK"] = str(self.gpu or 0)
+        try:
+            with self.on_gpu():
+                self.llm = LLM(model=str(self.dir / "base"), gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0,
+                               max_model_len=self.max_model_len, distributed_executor_backend="external_launcher",
+                               **lora_args)
+        finally:
+            if previous is None:
+                del os.environ["LOCAL_RANK"]
+            else:
+                os.environ["LOCAL_RANK"] = previous
         self.holds = self._weights(model)
         for f in (self.dir / "base").glob("*.safetensors"):  # loaded; later weights come in place
             f.unlink()
+
+    def on_gpu(self):
+        """The engine's GPU as the current CUDA device while it works (its kernels and streams
+        follow the current device); nothing on the CPU."""
+        return torch.cuda.device(self.gpu) if self.gpu is not None else contextlib.nullcontext()
 
     def _weights(self, model):
         """Which weights the engine needs for `model` now: a LoRA model's base version, or a plain
@@ -386,13 +405,14 @@ class _VLLMEngine:
         if self.holds == weights:
             return
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        if self.lora:  # what a promotion changes: the weights under the adapters
-            pairs = [(n, p) for n, p in model.get_base_model().named_parameters() if ".base_layer." in n]
-            names = _engine_names(engine_model, [n for n, _ in pairs])
-            engine_model.load_weights([(name, p.detach()) for name, (_, p) in zip(names, pairs)])
-        else:
-            engine_model.load_weights([(name, p.detach()) for name, p in model.named_parameters()])
-        self.llm.reset_prefix_cache()
+        with self.on_gpu():
+            if self.lora:  # what a promotion changes: the weights under the adapters
+                pairs = [(n, p) for n, p in model.get_base_model().named_parameters() if ".base_layer." in n]
+                names = _engine_names(engine_model, [n for n, _ in pairs])
+                engine_model.load_weights([(name, p.detach()) for name, (_, p) in zip(names, pairs)])
+            else:
+                engine_model.load_weights([(name, p.detach()) for name, p in model.named_parameters()])
+            self.llm.reset_prefix_cache()
         self.holds = weights
 
     def lora_requests(self, model, names: list[str]) -> list:
@@ -467,6 +487,12 @@ def _engine_names(engine_model, names: list[str]) -> list[str]:
     return out
 
 
+def _gpu_of(model) -> int | None:
+    """The index of the GPU `model` is on; None on the CPU."""
+    device = next(model.parameters()).device
+    return (device.index or 0) if device.type == "cuda" else None
+
+
 def _free_port() -> int:
     import socket
 
@@ -502,8 +528,9 @@ def _generate_vllm(model, tokenizer, prompts, *, n, max_new_tokens, temperature,
     params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                              stop=list(stop) or None, include_stop_str_in_output=True, seed=seed_from(*keys[i]) % 2**32)
               for i in range(len(prompts))]
-    outs = engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False,
-                               lora_request=requests)
+    with engine.on_gpu():
+        outs = engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False,
+                                   lora_request=requests)
     return [
         [Sample(i, j, tuple(prompt_ids[i]), tuple(c.token_ids), c.text, c.finish_reason == "stop")
          for j, c in enumerate(o.outputs)]

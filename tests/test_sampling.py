@@ -1,5 +1,7 @@
 """Generation with the real embedded model at toy sizes: seeds, batching, stops, greedy."""
 
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -168,6 +170,7 @@ def fake_vllm(monkeypatch, tmp_path):
     class LLM:
         def __init__(self, model, **kw):
             self.dir, self.kw, self.calls, self.prefix_resets = model, kw, [], 0
+            self.local_rank = os.environ["LOCAL_RANK"]  # external_launcher's device: cuda:LOCAL_RANK
             self.weights = load_file(f"{model}/model.safetensors")  # what vLLM would load
             self.model = EngineModel(self.weights, kw.get("enable_lora", False))
             worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
@@ -293,6 +296,21 @@ def test_vllm_engines_are_sized_by_generation_max_model_len(fake_vllm, smol, mon
     assert fake_vllm[0].kw["max_model_len"] == longest + 16
     with pytest.raises(ValueError, match="generation.max_model_len"):
         generate(model, tok, PROMPTS, n=1, max_new_tokens=17, backend="vllm")
+
+
+def test_vllm_engines_go_on_their_models_gpu(fake_vllm, smol, monkeypatch):
+    """Each engine is built with LOCAL_RANK = its model's GPU (the memory plan puts the teacher and
+    the student apart), which is restored after. The stand-in cannot see a GPU: where the model is
+    is set here, as _gpu_of would read it from a model on cuda:3."""
+    from soar import sampling
+
+    tok = smol[1]
+    assert sampling._gpu_of(_tiny(tok)) is None  # on the CPU: no device to enter
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as torchrun would set it
+    monkeypatch.setattr(sampling, "_gpu_of", lambda model: 3)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext(index))
+    generate(_tiny(tok), tok, PROMPTS, n=1, max_new_tokens=4, backend="vllm")
+    assert fake_vllm[0].local_rank == "3" and os.environ["LOCAL_RANK"] == "0"
 
 
 def test_vllm_engines_close_with_their_models(fake_vllm, smol):
