@@ -159,8 +159,25 @@ def paper_projection(cfg, tokenizer) -> dict:
         "ideal_gpu_hours": {k: ideal(w) for k, w in work.items()},
         "gpu_hours": {k: [ideal(w) / lo, ideal(w) / hi] for k, w in work.items()},
         "paper_gpu_hours_per_outer_step": [h / cfg.soar.outer_steps for h in PAPER_SOAR_GPU_HOURS],
+        "outer_step_roofline": outer_step_roofline(cfg, ideal, prompt=prompt, teacher_prompt=teacher),
         "node": node_placement(cfg, prompt=prompt, teacher_prompt=teacher, efficiency=efficiency),
     }
+
+
+def outer_step_roofline(cfg, ideal, *, prompt: float, teacher_prompt: float) -> dict:
+    """The least one outer step can cost: its work at the H100 roofline (`ideal`), with every
+    completion at its cap, split into decoding and training; and the largest share of their caps
+    that completions could average (student and teacher alike, in 1% steps) for an outer step to
+    fit in 1 H100-hour at the roofline (0 if none)."""
+    def work(share: float) -> budget.Work:
+        shorter = budget.override(cfg, student={"max_new_tokens": round(cfg.student.max_new_tokens * share)},
+                                  teacher={"max_new_tokens": round(cfg.teacher.max_new_tokens * share)})
+        return sum(budget.soar_step_work(shorter, prompt=prompt, teacher_prompt=teacher_prompt).values(), budget.Work())
+
+    full = work(1.0)
+    return {"hours": ideal(full), "decode_hours": ideal(budget.Work(sampled=full.sampled)),
+            "train_hours": ideal(budget.Work(trained=full.trained)),
+            "completion_share_for_one_hour": max((s / 100 for s in range(1, 101) if ideal(work(s / 100)) <= 1), default=0.0)}
 
 
 def main() -> None:

@@ -217,7 +217,19 @@ def paper_budget(root: Path) -> str:
         f"{e['soar_run']:.0%} from one SOAR run ({paper['soar_run'][0]:,}–{paper['soar_run'][1]:,} GPU-hours) and "
         f"{e['fresh_student']:.0%} from one fresh student with its evaluation ({paper['fresh_student']} GPU-hours).",
         f"- Work model check on CPU ({profile} profile's retrain + evaluate at throughputs measured in the same run): "
-        f"{check}.", *node_lines(p)])
+        f"{check}.", *roofline_lines(p), *node_lines(p)])
+
+
+def roofline_lines(p: dict) -> list[str]:
+    """The least one outer step of the paper profile can cost (benchmarks/project_paper.py)."""
+    r, e = p.get("outer_step_roofline"), p["efficiency"]
+    if r is None:
+        return []
+    share = r["completion_share_for_one_hour"]
+    return [f"- The least one outer step can cost: **{r['hours']:.2f} H100-hours** at the roofline with every "
+            f"completion at its cap ({r['decode_hours']:.2f} decoding, {r['train_hours']:.2f} training). One "
+            f"H100-hour per outer step would need completions averaging at most {share:.0%} of their caps at 100% of "
+            f"the roofline; the paper's own costs imply {min(e.values()):.0%}–{max(e.values()):.0%} of it."]
 
 
 def node_lines(p: dict) -> list[str]:
