@@ -15,8 +15,8 @@ of most weights, so a bf16 model stepped in place barely moves (measured on a ti
 10 steps changed 15% of the weights, cosine 0.36 with the fp32 update). So every trained weight
 has an fp32 master: forward and backward run in the model's dtype, each gradient is moved onto
 its master as the backward makes it and accumulates there in fp32, the optimizer steps the
-masters, and the model gets a rounded copy after each step. `parameters()` (what the optimizer steps) and `state()` (what checkpoints and promotions
-save) are the masters. LoRA adapters are fp32 already (peft keeps them so: each adapter is its
+masters, and the model gets a rounded copy after each step. `parameters()` (what the optimizer
+steps) and `state()` (what checkpoints and promotions save) are the masters. LoRA adapters are fp32 already (peft keeps them so: each adapter is its
 own master). In fp32 (CPU) the masters are the weights themselves: no copy, the same results.
 """
 
