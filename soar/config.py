@@ -10,6 +10,9 @@ Field docstrings (the string after each field) are the parameter glossary of the
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -530,12 +533,24 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def fingerprint(cfg: Config) -> str:
-    """Short hash of the resolved config: a checkpoint of other params is never resumed."""
-    import hashlib
-    import json
-
+    """Short hash of the resolved config and of the code (code_digest): a checkpoint of other
+    params or other code is never resumed."""
     # Which runs exist (runs, variants, sweep), who executes them (parallel) and what later stages
     # do with them (retrain, evaluate, analysis) do not change what one SOAR run computes.
     later = ("runs", "variants", "sweep", "parallel", "retrain", "evaluate", "analysis")
     resolved = {k: v for k, v in to_dict(cfg).items() if k not in later}
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    blob = json.dumps({"config": resolved, "code": code_digest()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def code_digest(package: Path = Path(__file__).parent) -> str:
+    """Short hash of the soar package's source files, part of every fingerprint that lets a stage
+    resume or skip work (SOAR states, teacher questions, fresh students, evaluations). DVC re-runs
+    a stage when its code changed; the stage must then compute anew, not pick up what the old code
+    left (a finished SOAR state would be "resumed" as it is, an evaluation skipped). So a killed
+    run resumes only under the same code: any edit of the package starts it over."""
+    h = hashlib.sha256()
+    for path in sorted(package.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]

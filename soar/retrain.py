@@ -249,13 +249,13 @@ def oracle_questions(hard_train: Sequence[Problem], official: Sequence[Problem],
 
 
 def run_fingerprint(run: dict, seed: int, questions: Sequence[Problem]) -> str:
-    """Hash of a run's config, seed and training questions: a finished run with the same
-    fingerprint is not trained again."""
+    """Hash of a run's config, seed, training questions and the code (config.code_digest): a
+    finished run with the same fingerprint is not trained (or evaluated) again."""
     import hashlib
     import json
 
-    blob = json.dumps({"run": run, "seed": seed, "questions": [[q.id, q.problem, q.answer] for q in questions]},
-                      sort_keys=True)
+    blob = json.dumps({"run": run, "seed": seed, "questions": [[q.id, q.problem, q.answer] for q in questions],
+                       "code": config.code_digest()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

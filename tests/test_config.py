@@ -51,6 +51,26 @@ def test_variant_overrides_apply_after_the_profile_and_before_explicit_overrides
         config.load(ROOT / "params.yaml", {"variants": {"bad": {"soar": {"rewrd": 1}}}}, variant="bad")
 
 
+def test_fingerprints_change_with_the_code(tmp_path, monkeypatch):
+    """A stage that DVC re-runs because its code changed computes anew: a SOAR state, a fresh
+    student or an evaluation left by other code is never resumed or skipped (config.code_digest)."""
+    import shutil
+
+    from soar import retrain
+
+    copy = tmp_path / "soar"
+    shutil.copytree(ROOT / "soar", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    digest = config.code_digest.__wrapped__  # uncached: the copy changes below
+    assert digest(copy) == config.code_digest()  # the sources, not where they are
+    (copy / "rl.py").write_text((copy / "rl.py").read_text() + "# an edit\n")
+    assert digest(copy) != config.code_digest()
+    cfg = config.load(ROOT / "params.yaml")
+    before, run_before = config.fingerprint(cfg), retrain.run_fingerprint({"method": "oracle"}, 0, [])
+    monkeypatch.setattr(config, "code_digest", lambda: digest(copy))
+    assert config.fingerprint(cfg) != before
+    assert retrain.run_fingerprint({"method": "oracle"}, 0, []) != run_before
+
+
 def test_fingerprint_ignores_which_runs_exist_but_not_what_a_run_computes():
     a = config.load(ROOT / "params.yaml")
     assert config.fingerprint(a) == config.fingerprint(config.load(ROOT / "params.yaml", {"runs": {"seeds": [0, 1]}}))
