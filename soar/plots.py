@@ -74,7 +74,7 @@ def design_world(candidates: dict[str, dict], probe: dict, path: str | Path | No
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("pretraining step")
             ax.set_ylim(-0.03, 1.03)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))  # five narrow panels: few ticks
         axes[0].set_ylabel("greedy accuracy (train pool)")
         axes[0].legend(fontsize=7)
         ax = axes[-1]
