@@ -1,8 +1,11 @@
 """Every knob of the pipeline, as frozen dataclasses; `load()` reads params.yaml.
 
-params.yaml is the one source of truth. Its `profile` key names an overlay in
-`profiles/<profile>.yaml` (tiny = the file itself, smoke = CI-sized, paper = PAPER.md Table 3)
-that is merged on top, so switching profile is one edit or `dvc exp run -S profile=paper`.
+params.yaml is the one source of truth, and is itself the default profile (addition, the laptop
+world). Its `profile` key names an overlay in `profiles/<profile>.yaml` (tiny = SmolLM2 on GSM8K,
+smoke = CI-sized tiny, paper = PAPER.md Table 3) that is merged on top, so switching profile is one
+edit or `dvc exp run -S profile=paper`. A sweep sets the file that holds the value: params.yaml
+under the default profile, the overlay otherwise; an edit of params.yaml that the active overlay
+would override is an error naming the file to edit (`_refuse_shadowed_edits`).
 Unknown keys and wrong types are errors that name the offending key, never silently ignored.
 Field docstrings (the string after each field) are the parameter glossary of the README.
 """
@@ -22,7 +25,7 @@ from typing import Any
 import yaml
 
 
-BASE_PROFILE = "tiny"  # the profile that is params.yaml itself
+BASE_PROFILE = "addition"  # the profile that is params.yaml itself (the laptop world)
 
 
 class ConfigError(ValueError):
@@ -342,8 +345,8 @@ class RunsConfig:
 @dataclass(frozen=True)
 class Config:
     profile: str = BASE_PROFILE
-    """tiny (params.yaml itself: SmolLM2-135M on GSM8K) | an overlay in profiles/<profile>.yaml
-    (which may `extends:` another): smoke (CI) | paper (Table 3) | addition (the laptop world)."""
+    """addition (params.yaml itself: the laptop world) | an overlay in profiles/<profile>.yaml
+    (which may `extends:` another): tiny (SmolLM2-135M on GSM8K) | smoke (CI) | paper (Table 3)."""
     seed: int = 0
     """Root seed; every other seed is derived from it with soar.data.seed_from."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -480,6 +483,46 @@ def _profile_layer(root: Path, profile: str, *, chain: tuple[str, ...]) -> dict:
     return _merge(_profile_layer(root, parent, chain=chain + (profile,)), layer)
 
 
+def _leaves(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"soar.tau": 0.01, ...}: the dotted keys of a nested mapping's leaves."""
+    out = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def _committed(path: Path) -> dict | None:
+    """The params file as git's HEAD holds it, or None (no git, not tracked, unreadable)."""
+    import subprocess
+
+    try:
+        text = subprocess.run(["git", "-C", str(path.parent), "show", f"HEAD:./{path.name}"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout
+        committed = yaml.safe_load(text)
+    except (OSError, subprocess.SubprocessError, yaml.YAMLError):
+        return None
+    return committed if isinstance(committed, dict) else None
+
+
+def _refuse_shadowed_edits(path: Path, raw: dict, layer: dict, profile: str) -> None:
+    """A value edited in params.yaml that the active profile's overlay overrides would be silently
+    ignored (`dvc exp run -S soar.tau=0.02` under profile: paper): an error naming the file to edit.
+    "Edited" means changed since git's HEAD, so the check needs git; without it, nothing is said.
+    Only where the file itself names the profile (as under DVC): a caller that picks a profile in
+    code (tests, benchmarks) is not sweeping this file."""
+    if profile == BASE_PROFILE or raw.get("profile") != profile or not layer:
+        return
+    committed = _committed(path)
+    if committed is None:
+        return
+    now, then = _leaves(raw), _leaves(committed)
+    for key in sorted(set(_leaves(layer)) & set(now)):
+        if key in then and now[key] != then[key]:
+            raise ConfigError(f"{path}: {key} = {now[key]!r} has no effect under profile {profile!r}, whose overlay "
+                              f"sets it: edit profiles/{profile}.yaml (or a profile it extends) instead, e.g. "
+                              f"`dvc exp run -S profiles/{profile}.yaml:{key}={now[key]}`")
+
+
 def load(path: str | Path = "params.yaml", overrides: dict | None = None, *, variant: str | None = None) -> Config:
     """Read params.yaml, apply its profile overlay, then the named variant's overrides, then
     `overrides` (papermill sweeps). Later layers win."""
@@ -490,9 +533,11 @@ def load(path: str | Path = "params.yaml", overrides: dict | None = None, *, var
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at top level")
-    data = _merge(data, overrides or {})
+    raw, data = data, _merge(data, overrides or {})
     profile = data.get("profile", BASE_PROFILE)
-    data = _merge(data, _profile_layer(path.parent, profile, chain=()))
+    layer = _profile_layer(path.parent, profile, chain=())
+    _refuse_shadowed_edits(path, raw, layer, profile)
+    data = _merge(data, layer)
     if variant is not None:
         variants = data.get("variants") or {}
         if variant not in variants:
@@ -533,24 +578,43 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def fingerprint(cfg: Config) -> str:
-    """Short hash of the resolved config and of the code (code_digest): a checkpoint of other
-    params or other code is never resumed."""
+    """Short hash of the resolved config and of the soar stage's code (code_digest("soar")): a
+    SOAR state of other params or other code is never resumed."""
     # Which runs exist (runs, variants, sweep), who executes them (parallel) and what later stages
     # do with them (retrain, evaluate, analysis) do not change what one SOAR run computes.
     later = ("runs", "variants", "sweep", "parallel", "retrain", "evaluate", "analysis")
     resolved = {k: v for k, v in to_dict(cfg).items() if k not in later}
-    blob = json.dumps({"config": resolved, "code": code_digest()}, sort_keys=True)
+    blob = json.dumps({"config": resolved, "code": code_digest("soar")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def stage_code(stage: str, root: Path = _ROOT) -> list[Path]:
+    """The package sources a DVC stage depends on: its `soar/*.py` deps in root/dvc.yaml (every
+    module of root/soar where there is no dvc.yaml, as in an installed copy)."""
+    dvc = root / "dvc.yaml"
+    if not dvc.exists():
+        return sorted((root / "soar").glob("*.py"))
+    deps = yaml.safe_load(dvc.read_text())["stages"][stage]["deps"]
+    return sorted(root / d for d in deps if d.startswith("soar/") and d.endswith(".py"))
+
+
+# Code that draws what a stage shows, redrawn on every run (a resumed one too): a stage depends on
+# it (DVC re-runs the stage to redraw), its fingerprints do not (the work is resumed, not redone).
+PRESENTATION = ("plots.py",)
+
+
 @functools.cache
-def code_digest(package: Path = Path(__file__).parent) -> str:
-    """Short hash of the soar package's source files, part of every fingerprint that lets a stage
-    resume or skip work (SOAR states, teacher questions, fresh students, evaluations). DVC re-runs
-    a stage when its code changed; the stage must then compute anew, not pick up what the old code
-    left (a finished SOAR state would be "resumed" as it is, an evaluation skipped). So a killed
-    run resumes only under the same code: any edit of the package starts it over."""
+def code_digest(stage: str, root: Path = _ROOT) -> str:
+    """Short hash of the code a stage computes with (`stage_code` but PRESENTATION), part of every
+    fingerprint that lets it resume or skip work (SOAR states, teacher questions, fresh students,
+    evaluations). DVC re-runs a stage when those files change; the stage must then compute anew,
+    not pick up what the old code left (a finished SOAR state would be "resumed" as it is, an
+    evaluation skipped). Only the stage's own deps, so an edit elsewhere leaves the fingerprints,
+    and the results that record them, as they were; a killed run resumes unless its code changed."""
     h = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
+    for path in (p for p in stage_code(stage, root) if p.name not in PRESENTATION):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]

@@ -248,14 +248,15 @@ def oracle_questions(hard_train: Sequence[Problem], official: Sequence[Problem],
     return real
 
 
-def run_fingerprint(run: dict, seed: int, questions: Sequence[Problem]) -> str:
-    """Hash of a run's config, seed, training questions and the code (config.code_digest): a
-    finished run with the same fingerprint is not trained (or evaluated) again."""
+def run_fingerprint(run: dict, seed: int, questions: Sequence[Problem], *, stage: str = "retrain") -> str:
+    """Hash of a run's config, seed, training questions and the code of the stage that makes it
+    (config.code_digest): a finished run with the same fingerprint is not trained (or evaluated)
+    again."""
     import hashlib
     import json
 
     blob = json.dumps({"run": run, "seed": seed, "questions": [[q.id, q.problem, q.answer] for q in questions],
-                       "code": config.code_digest()}, sort_keys=True)
+                       "code": config.code_digest(stage)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -452,7 +453,7 @@ def evaluate_all(cfg, student, promoted: PromotedStudent, *, grader) -> dict[str
     for bench, problems, model, seed, policy, ckpts, tag in tqdm(jobs, desc="evaluate"):
         path = paths.eval_samples(bench, model, seed)
         fp = run_fingerprint({"settings": settings, "model": model, "tag": tag,
-                              "checkpoints": [c and c.name for c in ckpts]}, seed, problems)
+                              "checkpoints": [c and c.name for c in ckpts]}, seed, problems, stage="evaluate")
         if path.exists() and (old := data.read_jsonl(path)) and old[0].get("fingerprint") == fp:
             out.setdefault(bench, {}).setdefault(model, {})[seed] = old
             continue

@@ -122,8 +122,22 @@ def _one_line(message) -> str:
     return re.sub(r"\s+", " ", str(message)).strip()
 
 
+# The kernel's own log, passed to it on its command line: at ERROR, it no longer prints ipykernel's
+# "Kernel is running over TCP without encryption" warning at every stage. Harmless here: the
+# kernel binds to 127.0.0.1 only and papermill signs every message with a per-kernel key.
+KERNEL_ARGUMENTS = ["--log-level=ERROR"]
+
+
 def main(argv: list[str]) -> int:
+    import functools
+
+    import papermill.cli
     from papermill.cli import papermill as papermill_cli
+
+    # papermill's CLI has no option for the kernel's arguments; its execute_notebook passes extra
+    # keyword arguments on to nbclient's NotebookClient (extra_arguments: the kernel's argv)
+    papermill.cli.execute_notebook = functools.partial(papermill.cli.execute_notebook,
+                                                       extra_arguments=KERNEL_ARGUMENTS)
 
     books = _positional(argv)
     if len(books) != 2:

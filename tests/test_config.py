@@ -51,24 +51,44 @@ def test_variant_overrides_apply_after_the_profile_and_before_explicit_overrides
         config.load(ROOT / "params.yaml", {"variants": {"bad": {"soar": {"rewrd": 1}}}}, variant="bad")
 
 
+def _copy_code(tmp_path) -> Path:
+    import shutil
+
+    shutil.copytree(ROOT / "soar", tmp_path / "soar", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    return tmp_path
+
+
 def test_fingerprints_change_with_the_code(tmp_path, monkeypatch):
     """A stage that DVC re-runs because its code changed computes anew: a SOAR state, a fresh
     student or an evaluation left by other code is never resumed or skipped (config.code_digest)."""
-    import shutil
-
     from soar import retrain
 
-    copy = tmp_path / "soar"
-    shutil.copytree(ROOT / "soar", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = _copy_code(tmp_path)
     digest = config.code_digest.__wrapped__  # uncached: the copy changes below
-    assert digest(copy) == config.code_digest()  # the sources, not where they are
-    (copy / "rl.py").write_text((copy / "rl.py").read_text() + "# an edit\n")
-    assert digest(copy) != config.code_digest()
+    for stage in ("soar", "retrain", "evaluate"):
+        assert digest(stage, copy) == config.code_digest(stage)  # the sources, not where they are
+    (copy / "soar" / "rl.py").write_text((copy / "soar" / "rl.py").read_text() + "# an edit\n")
+    assert digest("soar", copy) != config.code_digest("soar")
     cfg = config.load(ROOT / "params.yaml")
     before, run_before = config.fingerprint(cfg), retrain.run_fingerprint({"method": "oracle"}, 0, [])
-    monkeypatch.setattr(config, "code_digest", lambda: digest(copy))
+    monkeypatch.setattr(config, "code_digest", lambda stage: digest(stage, copy))
     assert config.fingerprint(cfg) != before
     assert retrain.run_fingerprint({"method": "oracle"}, 0, []) != run_before
+
+
+def test_a_fingerprint_hashes_its_stages_code_only(tmp_path):
+    """Editing code a stage does not compute with (a plot, the report) leaves its fingerprints, so
+    a faithful re-run rewrites no result for it."""
+    code = {p.name for p in config.stage_code("soar")}
+    assert {"teacher.py", "student.py", "policy.py", "rl.py", "sampling.py", "grading.py"} <= code
+    assert not {"report.py", "analysis.py"} & code
+    copy = _copy_code(tmp_path)
+    digest = config.code_digest.__wrapped__
+    for name in ("plots.py", "report.py"):
+        (copy / "soar" / name).write_text((copy / "soar" / name).read_text() + "# an edit\n")
+    assert digest("soar", copy) == config.code_digest("soar")
+    assert digest("evaluate", copy) == config.code_digest("evaluate")
 
 
 def test_fingerprint_ignores_which_runs_exist_but_not_what_a_run_computes():
@@ -141,3 +161,136 @@ def test_environment_yml_pins_match_pyproject():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     env_pins = {d.split("==")[0].lower(): d.split("==")[1] for d in pip if "==" in d}
     assert env_pins == _pins_pyproject()
+
+
+def _dvc_project(tmp_path, profile: str) -> Path:
+    """A git + DVC project with this repo's params and profiles and one stage that records the
+    resolved soar section, as every stage's notebook does."""
+    import subprocess
+    import sys
+
+    work = tmp_path / "proj"
+    (work / "profiles").mkdir(parents=True)
+    params = (ROOT / "params.yaml").read_text().replace("profile: addition\n", f"profile: {profile}\n")
+    (work / "params.yaml").write_text(params)
+    for f in (ROOT / "profiles").glob("*.yaml"):
+        (work / "profiles" / f.name).write_text(f.read_text())
+    record = "import json; from soar import config; json.dump(config.to_dict(config.load().soar), open('soar.json', 'w'))"
+    stage = {"cmd": f"{sys.executable} -c \"{record}\"", "outs": [{"soar.json": {"cache": False}}],
+             "params": ["profile", "soar", {"profiles/paper.yaml": ["soar"]}]}
+    (work / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"record": stage}}))
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1", "HOME": str(tmp_path)}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True)
+    return work
+
+
+def _exp_run(work: Path, *sets: str):
+    import subprocess
+    import sys
+
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1", "HOME": str(work.parent),
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    cmd = ["dvc", "exp", "run"] + [a for s in sets for a in ("-S", s)]
+    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_dvc_sweep_reaches_the_value_it_names(tmp_path):
+    """`dvc exp run -S soar.tau=...` under the default profile: the stage reads the swept value."""
+    import json
+
+    work = _dvc_project(tmp_path, "addition")
+    res = _exp_run(work, "soar.tau=0.02", "soar.n=4")
+    assert res.returncode == 0, res.stdout + res.stderr
+    recorded = json.loads((work / "soar.json").read_text())
+    assert (recorded["tau"], recorded["n"]) == (0.02, 4)
+
+
+def test_a_sweep_that_a_profile_would_shadow_fails_naming_the_file(tmp_path):
+    """Under another profile, `-S soar.tau=...` edits params.yaml, which the overlay overrides:
+    the stage fails with the file to edit instead of running with the overlay's value. Setting the
+    overlay's own key reaches the stage."""
+    import json
+
+    work = _dvc_project(tmp_path, "paper")
+    res = _exp_run(work, "soar.tau=0.03")
+    assert res.returncode != 0
+    assert "soar.tau = 0.03 has no effect under profile 'paper'" in res.stdout + res.stderr
+    assert "profiles/paper.yaml:soar.tau=0.03" in res.stdout + res.stderr
+    assert not (work / "soar.json").exists()
+    (work / "params.yaml").write_text((work / "params.yaml").read_text().replace("tau: 0.03", "tau: 0.01"))
+    res = _exp_run(work, "profiles/paper.yaml:soar.tau=0.03")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads((work / "soar.json").read_text())["tau"] == 0.03
+
+
+def test_an_edit_the_profile_does_not_override_is_read(tmp_path):
+    """Only shadowed edits are refused: keys the overlay leaves to params.yaml stay sweepable."""
+    import subprocess
+
+    work = _dvc_project(tmp_path, "paper")
+    text = (work / "params.yaml").read_text()
+    (work / "params.yaml").write_text(text.replace("seed: 0\nmodel:", "seed: 7\nmodel:"))
+    assert config.load(work / "params.yaml").seed == 7
+    (work / "params.yaml").write_text(text.replace("  tau: 0.01\n", "  tau: 0.05\n"))
+    with pytest.raises(config.ConfigError, match=r"soar.tau = 0.05 has no effect under profile 'paper'"):
+        config.load(work / "params.yaml")
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tau"], cwd=work, check=True)
+    assert config.load(work / "params.yaml").soar.tau == 0.01  # committed: the profile's choice
+
+
+def test_bad_values_under_the_default_profile_are_errors(tmp_path):
+    """The default world's values live in params.yaml: a bad one is rejected, not overlaid away."""
+    params = (ROOT / "params.yaml").read_text()
+    assert "  tau: 0.01\n" in params
+    (tmp_path / "params.yaml").write_text(params.replace("  tau: 0.01\n", "  tau: abc\n"))
+    with pytest.raises(config.ConfigError, match="soar.tau: expected float, got 'abc'"):
+        config.load(tmp_path / "params.yaml")
+
+
+# Modules a stage's results do not depend on through their code: where files are (paths), how
+# params are read (config: its effects reach a stage as params), the memory plan (budget: it only
+# refuses to start).
+NOT_COMPUTE = {"paths", "config", "budget", "__init__"}
+
+
+def _soar_imports(source: str, names: set[str]) -> set[str]:
+    """The soar modules a source imports at its top level (a function's own import runs only when
+    that function does: the world's judge, the design probes)."""
+    import ast
+
+    out = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ImportFrom) and node.module == "soar":
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("soar."):
+            out.add(node.module.split(".")[1])
+    return out & names
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    """A stage's soar/*.py deps in dvc.yaml are every module its notebook runs (with what they
+    import): DVC re-runs it when one changes, and its fingerprints (config.code_digest) hash them."""
+    import json
+
+    names = {p.stem for p in (ROOT / "soar").glob("*.py")}
+    graph = {m: _soar_imports((ROOT / "soar" / f"{m}.py").read_text(), names) - {m} for m in names}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    missing = {}
+    for name, stage in stages.items():
+        notebook = re.search(r"notebooks/\S+\.ipynb", stage["cmd"])[0]
+        cells = json.loads((ROOT / notebook).read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code" and not
+                         "".join(c["source"]).lstrip().startswith("%"))
+        todo = list(_soar_imports(code, names))
+        need = set()
+        while todo:
+            m = todo.pop()
+            if m not in need and m not in NOT_COMPUTE:
+                need.add(m)
+                todo += graph[m]
+        deps = {Path(d).stem for d in stage["deps"] if d.startswith("soar/")}
+        if need - deps:
+            missing[name] = sorted(need - deps)
+    assert not missing, f"dvc.yaml stages that do not depend on code they run: {missing}"

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -55,8 +54,6 @@ def project(tmp_path_factory):
     assert "variants: [grounded]\n" in params  # one run keeps CI short; the variants: test_teacher
     params = params.replace("taus: [0.01, 0.02]", "taus: [0.01]").replace("ns: [8, 16]", "ns: [1]")
     assert "taus: [0.01]\n" in params and "ns: [1]\n" in params  # one sweep cell, at smoke sizes:
-    params, cells = re.subn(r"(?m)^  sweep: \{.*\}$", "  sweep: {soar: {outer_steps: 1, window: 1}}", params)
-    assert cells == 1  # the tiny sweep variant (larger than smoke) would triple this cell's time
     (work / "params.yaml").write_text(params)
     _run(["git", "init", "-q"], work)
     _run(["dvc", "init", "-q"], work)

@@ -66,6 +66,7 @@ def test_a_stage_runs_and_its_record_has_one_line_per_bar(project):
     streams = [o for o in book.cells[-1].outputs if o.output_type == "stream"]
     bars = [line for o in streams for line in o.text.splitlines() if "work" in line]
     assert len(bars) == 1 and "20/20" in bars[0]
+    assert "without encryption" not in proc.err  # ipykernel's loopback-TCP warning (KERNEL_ARGUMENTS)
 
 
 def test_a_failing_stage_ends_on_one_line(project):
