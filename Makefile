@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast test-optin judge-server bench dry-run design clean-venv
+.PHONY: setup repro test test-fast test-optin judge-server bench dry-run design gpu-check clean-venv
 
 setup: $(VENV)/.installed models/.converted
 
@@ -55,6 +55,11 @@ dry-run: setup
 # default run does not need it); the executed copy and results/design/ are committed.
 design: setup
 	$(BIN)/python -m soar.stage notebooks/design_world.ipynb results/notebooks/design_world.ipynb
+
+# The GPU check (README "On a GPU"): the same code on the GPU in seconds, then paper shapes (< 8 min).
+gpu-check:
+	$(BIN)/python benchmarks/gpu_check.py --tiny --device cuda --out results/benchmarks/gpu_tiny.json
+	$(BIN)/python benchmarks/gpu_check.py
 
 # The opt-in checks (a real local judge server): `make judge-server test-optin`.
 judge-server: setup

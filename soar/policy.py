@@ -64,7 +64,12 @@ class Policy:
                     p.requires_grad_(True)  # trained (reset); the copy took the base's False
                     p.register_post_accumulate_grad_hook(_onto_master(self._masters[name]))
         if gradient_checkpointing:  # the backward recomputes each layer from its input (memory: soar.budget)
-            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.23 (the CPU stack) calls it activation_checkpointing_enable; the GPU
+            # environment's 5.17 (vLLM's bound: requirements-gpu.txt) has gradient_checkpointing_enable only
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._initial = None
         self.reset(seed=0)
 

@@ -23,6 +23,7 @@ a plain KV-cached decode loop on Hugging Face forward passes, written out here r
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import os
 import shutil
@@ -314,28 +315,37 @@ def generate(
 
 
 # --- vLLM (generation.backend: vllm) ----------------------------------------------------------
-# vLLM pins its own torch, so it lives in its own environment (the `gpu` extra; README). Not run
-# by the CPU test suite (vLLM needs a GPU); tests/test_sampling.py checks this plumbing against a
-# stand-in `vllm` module. One engine per role: per Policy (under full fine-tuning its trained copy
-# and its reference share it, soar.policy sets `engine_key`) or per model (a LoRA policy's peft
-# model, fail@k's plain model). Each runs in this process, as TRL's colocate mode does
-# (distributed_executor_backend="external_launcher"), so that its model's `load_weights` takes
-# (name, tensor) pairs: the engine is built once, and when the weights it must compute with change
-# they are loaded into it in place and its prefix cache is reset (its KV came from the old weights):
-# - plain models: every weight, when the model asked for is not the one the engine holds (the
-#   policy's other model, or the same one after an update, reset, load or promotion: soar.policy
-#   bumps `weights_version`);
+# vLLM pins its own transformers, so it lives in its own environment (requirements-gpu.txt;
+# docs/scale-out.md). Not run by the CPU test suite (vLLM needs a GPU); tests/test_sampling.py
+# checks this plumbing against a stand-in `vllm` module that follows vLLM's weight loading,
+# start-up and shutdown (as in its 0.31.0 and 0.33.0 wheels). Each engine runs in this process,
+# as TRL's colocate mode does (trl/generation/vllm_generation.py: distributed_executor_backend=
+# "external_launcher"), so that its model's `load_weights` takes (name, tensor) pairs: an engine
+# is built once, and when the weights it must compute with change they are loaded into it in
+# place and its prefix cache is reset (its KV came from the old weights):
+# - plain models (full fine-tuning, fail@k): every weight, when the model asked for is not the one
+#   the engine holds (the policy's other model, or the same one after an update, reset, load or
+#   promotion: soar.policy bumps `weights_version`);
 # - LoRA policies: the base weights after a promotion merged a student into them (`base_version`);
 #   the adapters themselves are served per request, saved (megabytes) before every call. The
 #   reference (adapters switched off) is served as a zero adapter, so it runs through the same
 #   LoRA kernels as the students it is compared with (a kernel difference alone could flip a
 #   greedy answer, and one flip on |Q_R| = 64 is above the promotion threshold tau).
-# An engine is closed, and its temp dir removed, when the last model it serves is garbage collected.
+# Engines are never closed: an in-process engine's shutdown runs vLLM's
+# cleanup_dist_env_and_memory() (vllm/v1/engine/core.py, EngineCore.shutdown), which destroys the
+# parallel groups and the default process group that every other engine of the process shares
+# (distributed/parallel_state.py), so the next step of a surviving engine would fail. An engine
+# serves one role (`engine_key`: a Policy, or a model) while a model of it is alive; when the last
+# one is collected the engine is kept, free, and the next model of the same architecture adopts it
+# with its own weights loaded in place (a temporary Base-T teacher's engine serves the next
+# teacher, a replaced student's the next student). The process's exit frees them.
 
 VLLM_GPU_MEMORY = float(os.environ.get("SOAR_VLLM_GPU_MEMORY", "0.3"))  # per engine: teacher and student each have one
 VLLM_MAX_MODEL_LEN = GenerationConfig.max_model_len  # generation.max_model_len (configure)
 _BASE = "__base__"  # peft's adapter name for "no adapter" (the reference), in `adapters` too
-_ENGINES: dict[int, "_VLLMEngine"] = {}
+_ENGINES: list["_VLLMEngine"] = []  # every engine this process built, for its lifetime
+# what vLLM's external_launcher reads to form its one-process torch.distributed group
+_LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def configure(generation: GenerationConfig) -> None:
@@ -350,9 +360,11 @@ def configure(generation: GenerationConfig) -> None:
 class _VLLMEngine:
     def __init__(self, model, tokenizer):
         self.dir = Path(tempfile.mkdtemp(prefix="soar-vllm-"))
+        weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)  # at exit: engines live as long
         self.lora = hasattr(model, "peft_config")
         self.max_model_len = VLLM_MAX_MODEL_LEN
-        self.users: set[int] = set()  # ids of the live models it serves (_engine)
+        self.signature = _signature(model, tokenizer)
+        self.key, self.users = None, set()  # the role it serves and the ids of its live models (_engine)
         self.calls, self.lora_ids, self.zero = 0, itertools.count(1), None
         base = model.get_base_model() if self.lora else model
         # the base weights as they are now, without the adapters (peft names them base_layer)
@@ -363,28 +375,19 @@ class _VLLMEngine:
 
         lora_args = {}
         if self.lora:
-            rank = max(c.r for c in model.peft_config.values())
-            lora_args = {"enable_lora": True, "max_lora_rank": max(8, 1 << (rank - 1).bit_length()),  # powers of two
-                    "max_loras": 8}  # adapters in one batch (batched students); more are scheduled in turns
-        # It is a one-process torch.distributed group: vLLM reads these if nothing set them.
-        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                           ("MASTER_PORT", str(_free_port()))):
-            os.environ.setdefault(key, value)
+            lora_args = {"enable_lora": True, "max_lora_rank": _lora_rank_cap(model),
+                         "max_loras": 8}  # adapters in one batch (batched students); more are scheduled in turns
         # The engine goes on its model's GPU (the memory plan's placement: teacher and student
-        # apart): external_launcher puts its worker on cuda:LOCAL_RANK, read once, here.
+        # apart): external_launcher puts its worker on cuda:LOCAL_RANK.
         self.gpu = _gpu_of(model)
-        previous = os.environ.get("LOCAL_RANK")
-        os.environ["LOCAL_RANK"] = str(self.gpu or 0)
-        try:
-            with self.on_gpu():
-                self.llm = LLM(model=str(self.dir / "base"), gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0,
-                               max_model_len=self.max_model_len, distributed_executor_backend="external_launcher",
-                               **lora_args)
-        finally:
-            if previous is None:
-                del os.environ["LOCAL_RANK"]
-            else:
-                os.environ["LOCAL_RANK"] = previous
+        with _launcher_env(self.gpu), self.on_gpu():
+            self.llm = LLM(model=str(self.dir / "base"), gpu_memory_utilization=VLLM_GPU_MEMORY, seed=0,
+                           max_model_len=self.max_model_len, distributed_executor_backend="external_launcher",
+                           **lora_args)
+        # EngineCore.__init__ gc.freeze()s every object alive (vllm/v1/engine/core.py,
+        # freeze_gc_heap): our models among them, which cyclic GC (a full-FT Policy's base) would
+        # then never free, nor release their engine. vLLM's own shutdown unfreezes the same way.
+        gc.unfreeze()
         self.holds = self._weights(model)
         for f in (self.dir / "base").glob("*.safetensors"):  # loaded; later weights come in place
             f.unlink()
@@ -395,23 +398,24 @@ class _VLLMEngine:
         return torch.cuda.device(self.gpu) if self.gpu is not None else contextlib.nullcontext()
 
     def _weights(self, model):
-        """Which weights the engine needs for `model` now: a LoRA model's base version, or a plain
-        model and its weights' version (soar.policy)."""
-        return getattr(model, "base_version", 0) if self.lora else (id(model), getattr(model, "weights_version", 0))
+        """Which weights the engine needs for `model` now: the model, and its weights' version (a
+        LoRA model's base version; soar.policy bumps them)."""
+        return id(model), getattr(model, "base_version" if self.lora else "weights_version", 0)
+
+    def adopt(self, key) -> None:
+        """Serve a new role: its model's weights are loaded at the next hold(), its zero adapter saved anew."""
+        self.key, self.holds, self.zero = key, None, None
 
     def hold(self, model) -> None:
         """Make the engine compute with `model`'s current weights (its base's, under LoRA), in place."""
         weights = self._weights(model)
         if self.holds == weights:
             return
+        base = model.get_base_model() if self.lora else model
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
         with self.on_gpu():
-            if self.lora:  # what a promotion changes: the weights under the adapters
-                pairs = [(n, p) for n, p in model.get_base_model().named_parameters() if ".base_layer." in n]
-                names = _engine_names(engine_model, [n for n, _ in pairs])
-                engine_model.load_weights([(name, p.detach()) for name, (_, p) in zip(names, pairs)])
-            else:
-                engine_model.load_weights([(name, p.detach()) for name, p in model.named_parameters()])
+            engine_model.load_weights([(_vllm_name(n), p.detach()) for n, p in base.named_parameters()
+                                       if "lora_" not in n])
             self.llm.reset_prefix_cache()
         self.holds = weights
 
@@ -427,40 +431,78 @@ class _VLLMEngine:
         shutil.rmtree(self.dir / f"call{self.calls - 1}", ignore_errors=True)  # vLLM has loaded it
         if _BASE in names:
             if self.zero is None:
-                path = _save_adapter(model, model.active_adapter, self.dir / "zero")
+                path = _save_adapter(model, model.active_adapter, self.dir / f"zero{self.calls}")
                 weights = path / "adapter_model.safetensors"
                 save_file({k: torch.zeros_like(v) for k, v in load_file(weights).items()}, weights)
                 self.zero = LoRARequest("zero", next(self.lora_ids), str(path))
             out[_BASE] = self.zero
         return [out[name] for name in names]
 
-    def close(self):
-        del self.llm
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 def _engine(model, tokenizer) -> _VLLMEngine:
-    """The engine serving `model`, built on first use. Closed when the last model it serves is
-    garbage collected (weakref.finalize), so that no engine outlives its models, nor answers for a
-    later model that happens to reuse a dead one's id."""
+    """The engine serving `model`'s role (`engine_key`, else the model), built on first use or
+    adopted from a role whose models are all gone (weakref.finalize), so that no engine answers for
+    a later model that happens to reuse a dead one's id without loading its weights."""
     key = getattr(model, "engine_key", id(model))
-    engine = _ENGINES.get(key)
+    engine = next((e for e in _ENGINES if e.key == key), None)
     if engine is None:
-        engine = _ENGINES[key] = _VLLMEngine(model, tokenizer)
+        signature = _signature(model, tokenizer)
+        engine = next((e for e in _ENGINES if e.key is None and e.signature == signature), None)
+        if engine is None:
+            engine = _VLLMEngine(model, tokenizer)
+            _ENGINES.append(engine)
+            engine.key = key
+        else:
+            engine.adopt(key)
     if id(model) not in engine.users:
         engine.users.add(id(model))
-        weakref.finalize(model, _release, key, id(model))
+        weakref.finalize(model, _release, engine, id(model))
     return engine
 
 
-def _release(key: int, user: int) -> None:
-    engine = _ENGINES.get(key)
-    if engine is None or user not in engine.users:
-        return
+def _release(engine: _VLLMEngine, user: int) -> None:
+    """A model the engine served is gone; with the last one, the engine is free (not closed)."""
     engine.users.discard(user)
     if not engine.users:
-        del _ENGINES[key]
-        engine.close()
+        engine.key = None
+
+
+def _signature(model, tokenizer) -> tuple:
+    """What an engine is built for, beyond its weights: LoRA (and its rank cap), the architecture,
+    the tokenizer it detokenizes with, its GPU and length. A model of the same signature can take
+    over a free engine by loading its weights."""
+    lora = hasattr(model, "peft_config")
+    config = (model.get_base_model() if lora else model).config.to_dict()
+    config.pop("_name_or_path", None)
+    return (lora, lora and _lora_rank_cap(model), repr(sorted(config.items())), tokenizer.name_or_path,
+            len(tokenizer), _gpu_of(model), VLLM_MAX_MODEL_LEN)
+
+
+def _lora_rank_cap(model) -> int:
+    """max_lora_rank of a LoRA engine: the adapters' largest rank, rounded up to vLLM's powers of two."""
+    rank = max(c.r for c in model.peft_config.values())
+    return max(8, 1 << (rank - 1).bit_length())
+
+
+@contextlib.contextmanager
+def _launcher_env(gpu: int | None):
+    """The environment vLLM's external_launcher reads while an engine starts: a one-process
+    torch.distributed group (what is already set, e.g. by torchrun, is kept) on cuda:LOCAL_RANK.
+    Restored after: the group is formed by then, and whatever starts later (a local Ray's workers
+    inherit the environment) must not take the engine's MASTER_PORT, which its store holds."""
+    saved = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                       ("MASTER_PORT", str(_free_port()))):
+        os.environ.setdefault(key, value)
+    os.environ["LOCAL_RANK"] = str(gpu or 0)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _save_adapter(model, name: str, path: Path) -> Path:
@@ -469,22 +511,12 @@ def _save_adapter(model, name: str, path: Path) -> Path:
     return path if name == "default" else path / name  # peft saves other adapters in subfolders
 
 
-def _engine_names(engine_model, names: list[str]) -> list[str]:
-    """peft's names of base weights (`model.layers.0.self_attn.q_proj.base_layer.weight`) as the
-    engine's load_weights takes them: HF names, with `.base_layer` kept where the engine's own
-    parameter has it. vLLM wraps the linear layers of a LoRA engine as peft does (the weight moves
-    to `<layer>.base_layer.weight`, so a plain HF name is not found), and its load_weights maps
-    HF names onto stacked layers (q, k, v -> qkv_proj) by renaming, so a layer is looked up under
-    its stacked name."""
-    have = {n for n, _ in engine_model.named_parameters()}
-    stacked = {part: whole for whole, parts in getattr(engine_model, "packed_modules_mapping", {}).items()
-               for part in parts}
-    out = []
-    for name in names:
-        layer, _, leaf = name.partition(".base_layer.")
-        parent, _, last = layer.rpartition(".")
-        out.append(name if f"{parent}.{stacked.get(last, last)}.base_layer.{leaf}" in have else f"{layer}.{leaf}")
-    return out
+def _vllm_name(name: str) -> str:
+    """A (peft) parameter name as vLLM's load_weights takes it: the HF name. TRL's rule
+    (trl/generation/vllm_generation.py, _iter_named_params): a LoRA engine's wrapped layer
+    forwards the rest of the name to the layer it wraps (vllm/lora/layers/base.py,
+    BaseLayerWithLoRA.load_weights), which knows `weight`, not `base_layer.weight`."""
+    return name.removeprefix("base_model.model.").replace(".base_layer", "")
 
 
 def _gpu_of(model) -> int | None:

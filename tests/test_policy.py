@@ -36,9 +36,9 @@ def batch(step):
     return samples, adv - adv.mean()
 
 
-def learned_update(dtype, steps=10, lr=1e-5):
+def learned_update(dtype, steps=10, lr=1e-5, gradient_checkpointing=False):
     """state() after `steps` updates minus before, flattened (fp32), and the policy."""
-    policy = Policy(tiny_llama(dtype), TOKENIZER, adapter="full")
+    policy = Policy(tiny_llama(dtype), TOKENIZER, adapter="full", gradient_checkpointing=gradient_checkpointing)
     before = policy.state()
     optimizer, scheduler = make_optimizer(policy, lr=lr, warmup_steps=0, total_steps=steps)
     for step in range(steps):
@@ -83,6 +83,24 @@ def test_bf16_gradients_move_onto_the_masters_as_the_backward_makes_them():
     update(policy, optimizer, scheduler, *batch(0), kl_coef=0.001, max_grad_norm=1.0, micro_batch=4)
     assert len(held) == 2 * len(params)  # two micro-batches, every weight trained
     assert max(held) == 0
+
+
+def test_bf16_masters_under_gradient_checkpointing_learn_the_same_update():
+    """gradient_checkpointing (a knob the memory plan sets for the paper profile): the backward
+    recomputes each layer, and each weight's gradient, made then, still moves onto its master at
+    once; the update is the one without checkpointing, up to round-off."""
+    plain, _ = learned_update(torch.bfloat16, steps=3, lr=1e-3)
+    checkpointed, policy = learned_update(torch.bfloat16, steps=3, lr=1e-3, gradient_checkpointing=True)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in policy.model.modules())
+    assert cosine(checkpointed, plain) > 0.9999, cosine(checkpointed, plain)
+    assert float((checkpointed - plain).abs().max()) <= 1e-3 * float(plain.abs().max())
+    params = list(policy.model.parameters())
+    held = []
+    for p in params:
+        p.register_post_accumulate_grad_hook(lambda _: held.append(sum(q.grad is not None for q in params)))
+    optimizer, scheduler = make_optimizer(policy, lr=1e-5, warmup_steps=0, total_steps=1)
+    update(policy, optimizer, scheduler, *batch(0), kl_coef=0.001, max_grad_norm=1.0, micro_batch=4)
+    assert len(held) == 2 * len(params) and max(held) == 0
 
 
 def test_fp32_weights_are_their_own_masters():

@@ -123,15 +123,28 @@ def test_top_p_draws_from_the_renormalized_nucleus():
 
 
 # --- generation.backend: vllm, against a stand-in `vllm` module --------------------------------
-# vLLM needs a GPU and its own torch, so it cannot run here: the `vllm` module below is a
+# vLLM needs a GPU and its own environment, so it cannot run here: the `vllm` module below is a
 # STAND-IN, not vLLM. It records what the backend asks of it (engine arguments, LoRA requests,
-# seeds, in-place weight loads) and reads the saved files vLLM would load; whether real vLLM
-# accepts these calls is for a GPU machine to confirm (README, "Paper-path dry run").
+# seeds, in-place weight loads), reads the saved files vLLM would load, and follows vLLM's own code
+# (the sources of its 0.31.0 wheel, requirements-gpu.txt's, and 0.33.0's: the same) where the
+# backend depends on it:
+# - weight names: a LoRA engine wraps its linear layers (parameters `<layer>.base_layer.weight`),
+#   and the wrapper's load_weights forwards the rest of a name to the layer it wraps, which takes
+#   `weight` only (vllm/lora/layers/base.py; linear.py QKVParallelLinear.load_weights; models/utils.py
+#   AutoWeightsLoader for o_proj, down_proj);
+# - the process's distributed state: an engine starts vLLM's one-process groups from the launcher
+#   environment if no engine has, reuses them otherwise, and gc.freeze()s the heap
+#   (EngineCore.__init__); it shuts down when the LLM is collected (InprocClient's
+#   weakref.finalize), unfreezing and destroying the groups every engine shares
+#   (EngineCore.shutdown -> cleanup_dist_env_and_memory); a step needs them (get_pp_group's assert).
+# Whether real vLLM accepts these calls is for a GPU machine to confirm (benchmarks/gpu_check.py).
 
 @pytest.fixture
 def fake_vllm(monkeypatch, tmp_path):
-    """Install the stand-in `vllm` modules; yields the list of engines (LLM objects) made."""
+    """Install the stand-in `vllm` modules; yields the list of engines (LLM objects, weakly) made."""
+    import gc
     import sys
+    import weakref
     from types import ModuleType, SimpleNamespace
 
     from safetensors.torch import load_file
@@ -139,48 +152,70 @@ def fake_vllm(monkeypatch, tmp_path):
     from soar import sampling
 
     engines = []
+    dist = {}  # the process's parallel groups: the launcher environment they were formed from
     stack = {".q_proj": ".qkv_proj", ".k_proj": ".qkv_proj", ".v_proj": ".qkv_proj", ".gate_proj": ".gate_up_proj",
              ".up_proj": ".gate_up_proj"}
 
-    def stacked(name):  # vLLM's load_weights renames HF names onto its stacked layers
+    def stacked(name):  # LlamaModel.hf_to_vllm_mapper: HF names onto vLLM's stacked layers
         part = next((p for p in stack if p in name), None)
         return name.replace(part, stack[part]) if part else name
 
+    def groups():  # parallel_state.get_pp_group(): "pipeline model parallel group is not initialized"
+        assert dist, "pipeline model parallel group is not initialized"
+
     class EngineModel:  # llm.llm_engine.model_executor.driver_worker.model_runner.model
         """vLLM's parameter names: stacked layers (q, k, v -> qkv_proj) and, in a LoRA engine, every
-        linear layer wrapped (its weight under base_layer). load_weights takes HF names and fails on
-        a name it cannot place, as vLLM's does (params_dict[name])."""
+        linear layer wrapped (its weight under base_layer). load_weights takes HF names; under a
+        wrapped layer the rest of the name goes to the wrapped layer, which knows its own `weight`
+        only; a name it cannot place fails, as vLLM's does."""
 
         packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 
         def __init__(self, hf_names, lora):
             wrap = lambda n: n.replace("_proj.weight", "_proj.base_layer.weight") if lora else n  # noqa: E731
             self.params, self.loads = {wrap(stacked(n)) for n in hf_names}, []
+            self.wrapped = {n.removesuffix(".base_layer.weight") for n in self.params if n.endswith(".base_layer.weight")}
 
         def named_parameters(self):
             return [(n, None) for n in sorted(self.params)]
 
         def load_weights(self, weights):
+            groups()
             weights = {name: t.detach().clone() for name, t in weights}
-            unknown = [n for n in weights if stacked(n) not in self.params]
-            if unknown:
-                raise KeyError(unknown[0])
+            for name in weights:
+                target = stacked(name)
+                layer = next((w for w in self.wrapped if target.startswith(w + ".")), None)
+                if layer is not None:  # BaseLayerWithLoRA.load_weights: the rest goes to base_layer
+                    rest = target[len(layer) + 1:]
+                    target = f"{layer}.base_layer.{rest}" if "." not in rest else target + " (under base_layer)"
+                if target not in self.params:
+                    raise ValueError(f"There is no module or parameter named {target!r}")
             self.loads.append(weights)
+
+    def shutdown():  # EngineCore.shutdown: gc.unfreeze(), then cleanup_dist_env_and_memory()
+        gc.unfreeze()
+        dist.clear()
 
     class LLM:
         def __init__(self, model, **kw):
             self.dir, self.kw, self.calls, self.prefix_resets = model, kw, [], 0
+            self.env = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
             self.local_rank = os.environ["LOCAL_RANK"]  # external_launcher's device: cuda:LOCAL_RANK
+            if not dist:  # init_distributed_environment: from the environment, once per process
+                dist.update({k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")})
             self.weights = load_file(f"{model}/model.safetensors")  # what vLLM would load
             self.model = EngineModel(self.weights, kw.get("enable_lora", False))
             worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
             self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker))
-            engines.append(self)
+            weakref.finalize(self, shutdown)
+            gc.freeze()  # EngineCore.__init__: freeze_gc_heap()
+            engines.append(weakref.proxy(self))
 
         def reset_prefix_cache(self):
             self.prefix_resets += 1
 
         def generate(self, prompts, params, use_tqdm, lora_request):
+            groups()
             adapters = [None if r is None else load_file(f"{r.lora_path}/adapter_model.safetensors")
                         for r in lora_request or []]
             self.calls.append(SimpleNamespace(prompts=prompts, params=params, requests=lora_request, adapters=adapters))
@@ -194,14 +229,13 @@ def fake_vllm(monkeypatch, tmp_path):
     request.LoRARequest = lambda name, lora_id, path: SimpleNamespace(name=name, id=lora_id, lora_path=path)
     for name, module in (("vllm", vllm), ("vllm.inputs", inputs), ("vllm.lora", lora), ("vllm.lora.request", request)):
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(sampling, "_ENGINES", {})
+    monkeypatch.setattr(sampling, "_ENGINES", [])
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)  # set by the backend for external_launcher; undone after
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", None)
     yield engines
-    for e in sampling._ENGINES.values():
-        e.close()
+    gc.unfreeze()  # should the code under test have left the heap frozen
 
 
 def _tiny(tok):
@@ -261,26 +295,31 @@ def test_vllm_backend_serves_the_adapters_and_loads_a_promotion_in_place(fake_vl
     generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
     assert len(engines) == 1 and len(engine.model.loads) == 1 and engine.prefix_resets == 1
     loaded, base_model = engine.model.loads[0], policy.model.get_base_model()
-    # the weights under the adapters, under peft's names: the engine wraps its linear layers too
-    assert sorted(loaded) == sorted(n for n, _ in base_model.named_parameters() if ".base_layer." in n)
+    # the base's weights under HF names (TRL's rule), which a LoRA engine's wrapped layers take
+    assert sorted(loaded) == sorted(n.replace(".base_layer", "") for n, _ in base_model.named_parameters()
+                                    if "lora_" not in n)
     merged = base_model.model.layers[0].self_attn.q_proj.base_layer.weight
-    assert torch.equal(loaded["model.layers.0.self_attn.q_proj.base_layer.weight"], merged)
+    assert torch.equal(loaded[q], merged)
     assert not torch.equal(merged, q_base)
     generate(policy.model, tok, PROMPTS, n=1, backend="vllm")
     assert len(engine.model.loads) == 1  # an unchanged base is not loaded again
 
 
-def test_lora_base_weights_take_the_engines_names():
-    """`.base_layer` stays where the engine's (stacked) layer is wrapped, and goes where it is not."""
-    from types import SimpleNamespace
-
-    from soar.sampling import _engine_names
-
-    names = ["model.layers.0.self_attn.k_proj.base_layer.weight", "model.layers.0.mlp.down_proj.base_layer.weight"]
-    have = ["model.layers.0.self_attn.qkv_proj.base_layer.weight", "model.layers.0.mlp.down_proj.weight"]
-    engine = SimpleNamespace(named_parameters=lambda: [(n, None) for n in have],
-                             packed_modules_mapping={"qkv_proj": ["q_proj", "k_proj", "v_proj"]})
-    assert _engine_names(engine, names) == [names[0], "model.layers.0.mlp.down_proj.weight"]
+def test_vllm_engine_setup_restores_the_environment(fake_vllm, smol, monkeypatch):
+    """The launcher environment is set while an engine starts and restored after: processes started
+    later (a local Ray's workers) must not inherit the engine's MASTER_PORT. What was set before
+    (torchrun's) is used and kept."""
+    tok = smol[1]
+    first = _tiny(tok)
+    generate(first, tok, PROMPTS, n=1, max_new_tokens=4, backend="vllm")
+    env = fake_vllm[0].env
+    assert env["RANK"] == "0" and env["WORLD_SIZE"] == "1" and env["LOCAL_RANK"] == "0" and int(env["MASTER_PORT"]) > 0
+    assert not {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} & set(os.environ)
+    monkeypatch.setenv("MASTER_PORT", "29555")
+    monkeypatch.setenv("RANK", "0")
+    generate(_tiny(tok), tok, PROMPTS, n=1, max_new_tokens=4, backend="vllm")  # a second engine: first is alive
+    assert fake_vllm[1].env["MASTER_PORT"] == "29555"
+    assert os.environ["MASTER_PORT"] == "29555" and os.environ["RANK"] == "0" and "WORLD_SIZE" not in os.environ
 
 
 def test_vllm_engines_are_sized_by_generation_max_model_len(fake_vllm, smol, monkeypatch):
@@ -313,33 +352,44 @@ def test_vllm_engines_go_on_their_models_gpu(fake_vllm, smol, monkeypatch):
     assert fake_vllm[0].local_rank == "3" and os.environ["LOCAL_RANK"] == "0"
 
 
-def test_vllm_engines_close_with_their_models(fake_vllm, smol):
-    """An engine is closed and its temp dir removed when the last model it serves is gone."""
+def test_vllm_engines_outlive_their_models_and_serve_the_next(fake_vllm, smol):
+    """No engine is ever shut down: vLLM's shutdown destroys the distributed state every engine of
+    the process shares (the stand-in's as vLLM's), so closing one under another breaks it. When
+    the last model of a role is collected its engine is free, and the next model of the same
+    architecture takes it over with its own weights."""
     import gc
 
     from soar import sampling
     from soar.policy import Policy
 
     engines, tok = fake_vllm, smol[1]
-    plain = _tiny(tok)
-    generate(plain, tok, PROMPTS, n=1, backend="vllm")
-    full = Policy(_tiny(tok), tok, adapter="full")
+    full = Policy(_tiny(tok), tok, adapter="full")  # made before an engine froze the heap
     generate(full.model, tok, PROMPTS, n=1, backend="vllm")
     with full.reference() as base:  # the same engine serves both models of the policy
         generate(base, tok, PROMPTS, n=1, backend="vllm")
+    plain = _tiny(tok)
+    generate(plain, tok, PROMPTS, n=1, backend="vllm")
     lora = Policy(_tiny(tok), tok, adapter="lora", lora_r=2, lora_alpha=4)
     generate(lora.model, tok, PROMPTS, n=1, backend="vllm")
-    dirs = [Path(e.dir).parent for e in engines]  # each engine's temp dir
-    assert len(sampling._ENGINES) == 3 and all(d.exists() for d in dirs)
-    del plain
-    gc.collect()
-    assert len(sampling._ENGINES) == 2 and not dirs[0].exists()
+    assert len(engines) == 3
+    first = sampling._ENGINES[0]
     del full, base
     gc.collect()
-    assert len(sampling._ENGINES) == 1 and not dirs[1].exists()
-    del lora
+    assert first.key is None and not first.users  # freed: the policy was collected, the engine kept
+    generate(plain, tok, PROMPTS, n=1, backend="vllm")  # the other engines still work
+    generate(lora.model, tok, PROMPTS, n=1, backend="vllm")
+
+    other = _tiny(tok)  # a new model of the same architecture: the free engine, its weights loaded
+    with torch.no_grad():
+        other.model.layers[0].self_attn.q_proj.weight.add_(1.0)
+    generate(other, tok, PROMPTS, n=1, backend="vllm")
+    assert len(engines) == 3 and first.key == id(other) and first.dir.exists()
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(engines[0].model.loads[-1][q], other.model.layers[0].self_attn.q_proj.weight)
+    del plain, lora
     gc.collect()
-    assert not sampling._ENGINES and not dirs[2].exists()
+    generate(other, tok, PROMPTS, n=1, backend="vllm")
+    assert len(sampling._ENGINES) == 3 and all(e.dir.exists() for e in sampling._ENGINES)
 
 
 def test_vllm_backend_syncs_full_fine_tuning_weights_in_place(fake_vllm, smol):
