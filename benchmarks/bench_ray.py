@@ -56,8 +56,8 @@ def main() -> None:
     def phases(row):
         return {k.removeprefix("time/").removesuffix("_s"): v for k, v in row.items() if k.startswith("time/")}
 
-    same = ({k: v for k, v in local_row.items() if not k.startswith("time/")}
-            == {k: v for k, v in ray_row.items() if not k.startswith("time/")} and local_samples == ray_samples)
+    same = ({k: v for k, v in local_row.items() if not k.startswith("time/") and k != "wall_s"}
+            == {k: v for k, v in ray_row.items() if not k.startswith("time/") and k != "wall_s"} and local_samples == ray_samples)
     result = {
         "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
         "driver_threads": torch.get_num_threads(), "profile": args.profile, "workers": args.workers,

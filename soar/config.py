@@ -183,7 +183,8 @@ class TeacherConfig:
 @dataclass(frozen=True)
 class SoarConfig:
     reward: str = "grounded"
-    """grounded (student's gain on Q_R) | intrinsic (learnability, Intrinsic-T)."""
+    """grounded (student's gain on Q_R) | intrinsic (learnability, Intrinsic-T) | shuffled (the
+    grounded rewards permuted across the step's datasets: the Shuffled-T control)."""
     teacher_mode: str = "trained"
     """trained (meta-RL) | base (frozen teacher: the Base-T baseline)."""
     promotion: bool = True
@@ -259,7 +260,7 @@ class EvaluateConfig:
     temperature: float = 1.0
     """Sampling temperature of the evaluation."""
     n_boot: int = 1000
-    """Bootstrap draws of the 95% confidence intervals (resampling test problems)."""
+    """Bootstrap draws of the 95% confidence intervals (resampling seeds, then test problems)."""
 
 
 @dataclass(frozen=True)
@@ -306,10 +307,11 @@ class AnalysisConfig:
 @dataclass(frozen=True)
 class ParallelConfig:
     backend: str = "inprocess"
-    """Who runs the inner loops of a teacher step: inprocess (one after another) or ray (actors,
-    each with its own student; same results for the same seeds)."""
+    """Who runs the inner loops of a teacher step: inprocess (one after another), processes
+    (worker processes of this machine, one thread each) or ray (actors, on a cluster's GPUs);
+    each worker has its own student, and the seeds are the jobs' own."""
     workers: int = 2
-    """Ray actors (each holds one copy of the student model)."""
+    """Worker processes or Ray actors (each holds one copy of the student model)."""
     address: str | None = None
     """`ray.init(address=...)`: null starts a local Ray; "auto" or "ray://host:10001" joins a cluster."""
     gpus_per_worker: float = 0.0
@@ -430,10 +432,10 @@ CHOICES = {
     "generation.backend": ("hf", "vllm"),
     "student.adapter": ("lora", "full"),
     "teacher.adapter": ("lora", "full"),
-    "soar.reward": ("grounded", "intrinsic"),
+    "soar.reward": ("grounded", "intrinsic", "shuffled"),
     "soar.teacher_mode": ("trained", "base"),
     "soar.reward_metric": ("accuracy", "shaped"),
-    "parallel.backend": ("inprocess", "ray"),
+    "parallel.backend": ("inprocess", "processes", "ray"),
 }
 
 

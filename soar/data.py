@@ -360,20 +360,19 @@ HARP_FILE = "HARP.jsonl"  # a user's own copy, placed in data/raw/ (not shipped;
 
 def load_pool(name: str, raw_dir: str | Path = DATA_RAW, *, levels: Iterable[int] | None = None,
               limit: int | None = None, seed: int = 0) -> list[Problem]:
-    """A fail@k pool: a benchmark of BENCHMARKS, `harp` from the user's data/raw/HARP.jsonl, or a
-    generated pool of the addition world (soar.addition.POOLS; `levels` are numbers of carries)."""
-    from soar import addition  # late: addition imports this module
-
-    if name in addition.POOLS:
-        problems = filter_problems(addition.pool(name, seed=seed), levels=levels)
-    elif name != "harp":
+    """A fail@k pool of the paper's world: a benchmark of BENCHMARKS or `harp` from the user's
+    data/raw/HARP.jsonl (other worlds' pools: soar.worlds)."""
+    if name != "harp":
         return load_benchmark(name, raw_dir, levels=levels, limit=limit, seed=seed)
-    else:
-        path = Path(raw_dir) / HARP_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"pool 'harp' needs your own copy of HARP at {path} (see README)")
-        problems = filter_problems(load_harp(path), levels=levels)
-    if limit is not None and limit < len(problems):
-        keep = {p.id for p in sample_problems(problems, limit, seed=seed)}
-        problems = [p for p in problems if p.id in keep]
-    return problems
+    path = Path(raw_dir) / HARP_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"pool 'harp' needs your own copy of HARP at {path} (see README)")
+    return limit_problems(filter_problems(load_harp(path), levels=levels), limit, seed)
+
+
+def limit_problems(problems: Sequence[Problem], limit: int | None, seed: int) -> list[Problem]:
+    """A seeded sample of `limit` problems, in their pool's order (all of them: limit None)."""
+    if limit is None or limit >= len(problems):
+        return list(problems)
+    keep = {p.id for p in sample_problems(problems, limit, seed=seed)}
+    return [p for p in problems if p.id in keep]

@@ -4,8 +4,9 @@ the Oracle's gain over Hard-Only that a method recovers.
 
 Input is what the evaluate stage writes per (benchmark, model, seed): one record per test problem
 and evaluated checkpoint with n and successes (`soar.student.Evaluation.records`). A problem's
-pass@k is averaged over the checkpoints of its run's window, then over seeds; CIs resample test
-problems (paired across methods for the Oracle share). Values are fractions; tables show %.
+pass@k is averaged over the checkpoints of its run's window, then over seeds; CIs are two-level
+bootstraps, seeds then test problems (paired across methods: the same draws for each), so a
+comparison carried by one seed is not called shown. Values are fractions; tables show %.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ LABELS = {"base": "Base model", "ps": "SOAR-PS",
           "grounded_t_no_promotion-mixed": "Grounded-T without promotion (mixed)",
           "base_t-curriculum": "Base-T (curriculum)", "base_t-mixed": "Base-T (mixed)",
           "intrinsic_t-curriculum": "Intrinsic-T (curriculum)", "intrinsic_t-mixed": "Intrinsic-T (mixed)",
+          "shuffled_t-curriculum": "Shuffled-T (curriculum)", "shuffled_t-mixed": "Shuffled-T (mixed)",
           "hard_only": "Hard-Only", "hard_only-g128": "Hard-Only, group 128",
           "oracle": "Oracle", "oracle-128": "Oracle, 128 random real questions"}
 
@@ -61,31 +63,33 @@ def problem_pass_at_k(records: Sequence[Mapping], ks: Sequence[int]) -> dict[str
 
 def summarize(runs: Mapping[str, Mapping[int, Sequence[Mapping]]], ks: Sequence[int], *, n_boot: int = 1000,
               seed: int = 0) -> dict:
-    """Per model of one benchmark: pass@k per seed, mean/std over seeds, and a bootstrap 95% CI
-    over test problems of the seed-averaged pass@k; plus the per-problem values the CIs and
-    the Oracle share resample. runs: {model: {seed: records}}."""
+    """Per model of one benchmark: pass@k per seed, mean/std over seeds, and a two-level bootstrap
+    95% CI (seeds, then test problems) of the mean pass@k; plus the per-seed per-problem values
+    the CIs and the Oracle share resample. runs: {model: {seed: records}}."""
     out = {}
     for model, by_seed in runs.items():
         per_seed = {s: problem_pass_at_k(recs, ks) for s, recs in by_seed.items()}
         ids = sorted(set.intersection(*(set(p) for p in per_seed.values())))
         if not ids:
             raise ValueError(f"{model}: no test problem is shared by all seeds")
-        per_problem = {k: [float(np.mean([per_seed[s][i][k] for s in per_seed])) for i in ids] for k in ks}
+        per_seed_problem = {k: [[per_seed[s][i][k] for i in ids] for s in sorted(per_seed)] for k in ks}  # (S, P)
+        per_problem = {k: np.mean(per_seed_problem[k], axis=0).tolist() for k in ks}
         seed_means = {k: [float(np.mean([per_seed[s][i][k] for i in ids])) for s in sorted(per_seed)] for k in ks}
         out[model] = {
             "seeds": sorted(per_seed), "problems": len(ids), "ids": ids,
             "per_seed": {str(k): seed_means[k] for k in ks},
             **{stat: {str(k): aggregate_seeds(seed_means[k])[stat] for k in ks} for stat in ("mean", "std")},
-            "ci": {str(k): _bootstrap(np.array([per_problem[k]]), n_boot, seed, lambda x: x[0].mean()) for k in ks},
+            "ci": {str(k): _ci(_means(np.array([per_seed_problem[k]]), n_boot, seed)[:, 0]) for k in ks},
             "per_problem": {str(k): per_problem[k] for k in ks},
+            "per_seed_problem": {str(k): per_seed_problem[k] for k in ks},
         }
     return out
 
 
 def oracle_share(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int = 1000, seed: int = 0) -> dict:
     """(M - Hard-Only) / (Oracle - Hard-Only) for every other fresh-student method M, with a
-    paired bootstrap CI over test problems. None where the Oracle gains nothing over Hard-Only
-    (the share is undefined); `undefined_draws` counts such bootstrap draws."""
+    paired two-level bootstrap CI (seeds, then test problems; `_means`). None where the Oracle
+    gains nothing over Hard-Only (the share is undefined); `undefined_draws` counts such draws."""
     if "oracle" not in table or "hard_only" not in table:
         return {}
     out = {}
@@ -94,10 +98,9 @@ def oracle_share(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int
             continue
         out[m] = {}
         for k in ks:
-            x = np.array([table[name]["per_problem"][str(k)] for name in (m, "hard_only", "oracle")])  # (3, P)
-            value = _share(x)
-            draws = _draws(x, n_boot, seed)
-            shares = np.array([_share(d) for d in draws], dtype=float)
+            x = _paired(table, (m, "hard_only", "oracle"), k)  # (3, S, P)
+            value = _share(x.mean(axis=(1, 2)))
+            shares = np.array([_share(d) for d in _means(x, n_boot, seed)], dtype=float)
             finite = shares[np.isfinite(shares)]
             out[m][str(k)] = {"value": None if not np.isfinite(value) else float(value),
                               "ci": [float(q) for q in np.quantile(finite, [0.025, 0.975])] if finite.size else None,
@@ -107,7 +110,8 @@ def oracle_share(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int
 
 def vs_hard_only(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int = 1000, seed: int = 0) -> dict:
     """M - Hard-Only in pass@k for every other model M (the question "does it beat Hard-Only on
-    the hard test split?"), with a paired bootstrap 95% CI over test problems."""
+    the hard test split?"), with a paired two-level bootstrap 95% CI: seeds, then test problems,
+    the same draws for both (`_means`)."""
     if "hard_only" not in table:
         return {}
     out = {}
@@ -116,26 +120,41 @@ def vs_hard_only(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int
             continue
         out[m] = {}
         for k in ks:
-            x = np.array([table[name]["per_problem"][str(k)] for name in (m, "hard_only")])  # (2, P)
-            out[m][str(k)] = {"diff": float(x[0].mean() - x[1].mean()),
-                              "ci": _bootstrap(x, n_boot, seed, lambda d: d[0].mean() - d[1].mean())}
+            x = _paired(table, (m, "hard_only"), k)  # (2, S, P)
+            means = _means(x, n_boot, seed)  # (n_boot, 2)
+            out[m][str(k)] = {"diff": float(x[0].mean() - x[1].mean()), "ci": _ci(means[:, 0] - means[:, 1])}
     return out
 
 
-def _share(x: np.ndarray) -> float:
-    m, ho, oracle = x.mean(axis=1)
+def _share(means: np.ndarray) -> float:
+    m, ho, oracle = means
     return (m - ho) / (oracle - ho) if oracle - ho > 1e-12 else float("nan")
 
 
-def _draws(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """n_boot resamples of the problem axis (the last), the same problems for every row."""
-    idx = np.random.default_rng(seed).integers(0, x.shape[-1], size=(n_boot, x.shape[-1]))
-    return x[:, idx].transpose(1, 0, 2)  # (n_boot, rows, P)
+def _paired(table: Mapping[str, Mapping], models: Sequence[str], k: int) -> np.ndarray:
+    """(models, S, P) per-seed per-problem pass@k of models evaluated on the same seeds and problems."""
+    seeds = [table[m]["seeds"] for m in models]
+    if any(s != seeds[0] for s in seeds):
+        raise ValueError(f"paired models need the same seeds, got {dict(zip(models, seeds))}")
+    return np.array([table[m]["per_seed_problem"][str(k)] for m in models], dtype=float)
 
 
-def _bootstrap(x: np.ndarray, n_boot: int, seed: int, stat) -> list[float]:
-    stats = np.array([stat(d) for d in _draws(x, n_boot, seed)])
-    return [float(q) for q in np.quantile(stats, [0.025, 0.975])]
+def _means(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Two-level bootstrap of (rows, S, P) values: each draw resamples the seeds, then the test
+    problems, with replacement, the same seeds and problems for every row (paired); returns the
+    (n_boot, rows) means. Seeds are the unit of replication (a fresh student's seed moves its
+    score by tens of points here), problems the unit of the test set."""
+    rng = np.random.default_rng(seed)
+    _, n_seeds, n_problems = x.shape
+    out = np.empty((n_boot, x.shape[0]))
+    for b in range(n_boot):
+        s, p = rng.integers(0, n_seeds, n_seeds), rng.integers(0, n_problems, n_problems)
+        out[b] = x[:, s][:, :, p].mean(axis=(1, 2))
+    return out
+
+
+def _ci(draws: np.ndarray) -> list[float]:
+    return [float(q) for q in np.quantile(draws, [0.025, 0.975])]
 
 
 def _pct(v: float | None) -> str:

@@ -159,3 +159,17 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def cpu_model() -> str:
+    """This machine's CPU as /proc/cpuinfo names it (platform.processor() elsewhere): the world's
+    pretraining is chaotic, so a model trained on another CPU kind is another world."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

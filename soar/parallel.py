@@ -3,7 +3,10 @@
 An inner-loop job is a module-level function `fn(worker, job)`: `worker` holds a baseline student,
 a grader and the run's config. Every job carries its own integer seed (soar.data.seed_from), so
 results never depend on the executor or the order (tests compare them):
-- `InProcess` runs the jobs one after another on the run's own student (the default);
+- `InProcess` runs the jobs one after another on the run's own student;
+- `ProcessExecutor` runs them on `parallel.workers` processes of this machine, one thread each,
+  each with its own student (the laptop world's default: both cores busy where one process
+  leaves the second idle);
 - `RayExecutor` runs them on `parallel.workers` Ray actors, each holding its own copy of the
   student model (one GPU each on a cluster, `gpus_per_worker: 1`; CPU actors locally). An actor
   merges the run's promotions it has not seen into its base before a job, so it always trains
@@ -17,6 +20,8 @@ see no GPU at all.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -44,12 +49,135 @@ class InProcess:
     slots = 1  # workers that take a share of the jobs
 
     def map(self, fn: Callable[[Worker, Any], Any], jobs: Sequence[Any], *, local: Worker,
-            promotions: Sequence[dict] = ()) -> list[Any]:
-        """fn(local, job) for every job; `local.student` already carries the promotions."""
-        return [fn(local, job) for job in jobs]
+            promotions: Sequence[dict] = (), desc: str | None = None) -> list[Any]:
+        """fn(local, job) for every job; `local.student` already carries the promotions. desc: a
+        progress bar over the jobs."""
+        from tqdm.auto import tqdm
+
+        return [fn(local, job) for job in tqdm(jobs, desc=desc, disable=desc is None)]
 
     def close(self) -> None:
         pass
+
+
+def _worker(cfg_dict: dict, cwd: str):
+    """A Worker built from a config, as each process and actor holds one: its own student (the
+    base model), the world's grader, the config; vLLM engines configured."""
+    from soar import config, sampling, worlds
+    from soar.policy import load_policy
+
+    if os.path.isdir(cwd):  # relative paths (models/, data/) as in the driver; on a cluster,
+        os.chdir(cwd)  # every node needs the project at the same path (or a shared filesystem)
+    cfg = config.from_dict(cfg_dict)
+    sampling.configure(cfg.generation)  # vLLM engines: generation.max_model_len
+    grader = worlds.of(cfg).grader(dataclasses.replace(cfg.grading, workers=1))
+    return Worker(load_policy(cfg.model, cfg.student), grader, cfg)
+
+
+def _serve(conn, cfg_dict: dict, cwd: str) -> None:
+    """A worker process of ProcessExecutor: one thread, its own Worker; runs (fn, job, new
+    promotions) requests in the order they come until it is sent None."""
+    import traceback
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU worker (GPUs: the ray backend)
+    import torch
+
+    torch.set_num_threads(1)
+    worker = _worker(cfg_dict, cwd)
+    conn.send(("ready", None))
+    while (request := conn.recv()) is not None:
+        fn, job, promotions = request
+        torch.set_num_threads(1)  # again: unpickling fn may import a module that set its own
+        try:
+            for state in promotions:
+                worker.student.merge(state)
+            conn.send(("ok", fn(worker, job)))
+        except BaseException:  # noqa: BLE001  (the driver raises it, with this traceback)
+            conn.send(("error", traceback.format_exc()))
+    worker.grader.close()
+
+
+class ProcessExecutor:
+    """`workers` processes on this machine, one thread each, each holding its own student: the
+    cores a single process leaves idle in decoding and Python work are kept busy. Started on the
+    first map (they need the run's config). Every job runs on one thread whichever worker takes
+    it, so the results do not depend on the number of workers or on who ran what (they may differ
+    from a 2-thread InProcess run by float round-off: a matmul's sums split otherwise). Spawned:
+    a script that uses it needs the `if __name__ == "__main__":` guard (notebooks do not)."""
+
+    def __init__(self, workers: int = 2):
+        if workers < 1:
+            raise ValueError(f"parallel.workers must be >= 1, got {workers}")
+        self.workers = self.slots = workers
+        self.procs: list = []
+        self.conns: list = []
+        self.sent: list[int] = []  # per worker: promotions sent to it
+
+    def _start(self, cfg) -> None:
+        import multiprocessing
+
+        from soar import config
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of torch's threads
+        cfg_dict = config.to_dict(cfg)
+        for _ in range(self.workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child, cfg_dict, os.getcwd()), daemon=True)
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+        for conn in self.conns:
+            self._receive(conn)
+        self.sent = [0] * self.workers
+
+    def _receive(self, conn):
+        try:
+            status, value = conn.recv()
+        except EOFError:
+            self.close()
+            raise RuntimeError("a parallel worker process died (out of memory?)") from None
+        if status == "error":
+            self.close()
+            raise RuntimeError(f"a job failed in a parallel worker process:\n{value}")
+        return value
+
+    def map(self, fn: Callable[[Worker, Any], Any], jobs: Sequence[Any], *, local: Worker,
+            promotions: Sequence[dict] = (), desc: str | None = None) -> list[Any]:
+        """fn(worker, job) for every job, each sent to the next idle worker; results in job order.
+        A worker is sent the promotions it has not merged yet with its next job. desc: a
+        progress bar over the jobs."""
+        from multiprocessing.connection import wait
+
+        from tqdm.auto import tqdm
+
+        if not self.procs:
+            self._start(local.cfg)
+        results: list[Any] = [None] * len(jobs)
+        todo, busy = list(enumerate(jobs))[::-1], {}  # busy: connection -> job index
+        with tqdm(total=len(jobs), desc=desc, disable=desc is None) as bar:
+            while todo or busy:
+                for w, conn in enumerate(self.conns):
+                    if conn not in busy and todo:
+                        i, job = todo.pop()
+                        conn.send((fn, job, [p["state"] for p in promotions[self.sent[w] :]]))
+                        self.sent[w], busy[conn] = len(promotions), i
+                for conn in wait(list(busy)):
+                    results[busy.pop(conn)] = self._receive(conn)
+                    bar.update()
+        return results
+
+    def close(self) -> None:
+        """Stop the worker processes (they finish the job they are on first)."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send(None)
+        for proc in self.procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self.procs, self.conns, self.sent = [], [], []
 
 
 class _Actor:
@@ -60,16 +188,8 @@ class _Actor:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first touches CUDA
         import torch
 
-        from soar import config, grading, sampling
-        from soar.policy import load_policy
-
-        if os.path.isdir(cwd):  # relative paths (models/, data/) as in the driver; on a cluster,
-            os.chdir(cwd)  # every node needs the project at the same path (or a shared filesystem)
         torch.set_num_threads(threads)
-        cfg = config.from_dict(cfg_dict)
-        sampling.configure(cfg.generation)  # vLLM engines: generation.max_model_len
-        grader = grading.Grader(timeout=cfg.grading.timeout_s, workers=1)
-        self.worker = Worker(load_policy(cfg.model, cfg.student), grader, cfg)
+        self.worker = _worker(cfg_dict, cwd)
 
     def run(self, fn, job, *promotions: dict):
         """fn(worker, job) after merging `promotions`: the run's promotions since this actor's
@@ -160,8 +280,9 @@ class RayExecutor:
         os.environ[key] = value
 
     def map(self, fn: Callable[[Worker, Any], Any], jobs: Sequence[Any], *, local: Worker,
-            promotions: Sequence[dict] = ()) -> list[Any]:
-        """fn(actor's worker, job) for every job, round-robin over the actors; results in job order.
+            promotions: Sequence[dict] = (), desc: str | None = None) -> list[Any]:
+        """fn(actor's worker, job) for every job, round-robin over the actors; results in job order
+        (no progress bar: desc is ignored).
         `promotions` only ever grow: the new ones are put into the object store, and each actor
         is sent those it has not been sent yet with its next job."""
         if not self.actors:
@@ -238,7 +359,9 @@ def make_executor(parallel_cfg=None):
     """The executor of `parallel:` in params (ParallelConfig); None gives InProcess."""
     if parallel_cfg is None or parallel_cfg.backend == "inprocess":
         return InProcess()
+    if parallel_cfg.backend == "processes":
+        return ProcessExecutor(parallel_cfg.workers)
     if parallel_cfg.backend == "ray":
         return RayExecutor(parallel_cfg.workers, address=parallel_cfg.address, gpus_per_worker=parallel_cfg.gpus_per_worker,
                            actor_gpus=parallel_cfg.actor_gpus)
-    raise ValueError(f"unknown executor backend {parallel_cfg.backend!r} (inprocess, ray)")
+    raise ValueError(f"unknown executor backend {parallel_cfg.backend!r} (inprocess, processes, ray)")

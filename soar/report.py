@@ -131,13 +131,15 @@ def benchmarks(root: Path) -> str:
             f"{'yes' if ry['identical_results'] else 'NO'}")
     wd = _load(root / paths.BENCHMARKS / "world.json")
     if wd:
-        def shape(r):
-            z = r["shape"]
-            return (f"{z['questions_per_step']} x {z['samples_per_question']} x {z['max_new_tokens']} tokens, "
-                    f"{z['adapter']}")
-        row("World student", wd, f"RLOO inner-loop steps/s, same run: addition world **{wd['world']['steps_per_s']:.2f}** "
-            f"({shape(wd['world'])}) vs SmolLM2-135M {wd['tiny']['steps_per_s']:.3f} ({shape(wd['tiny'])}): "
-            f"**{wd['speedup']:.0f}x**")
+        il, u, b = wd["inner_loops"], wd["update"], wd["breakdown"]["exact"]["shares"]
+        speed = ", ".join(f"K = {k} **{v:.2f}x**" for k, v in il["speedup"].items())
+        row("World inner loop", wd, f"per student, the exact grader on 2 worker processes over in-process math-verify "
+            f"on 2 threads: {speed} (largest gain difference {max(il['max_gain_difference'].values()):.3f}); a fresh "
+            f"student {wd['fresh_student']['speedup']:.2f}x; the update at **{u['gflops']:.0f} GFLOP/s**, "
+            f"{u['share_of_fp32_peak']:.0%} of the same run's fp32 GEMM peak ({wd['gemm_peak_gflops']['float32']:.0f}; "
+            f"bf16 {wd['gemm_peak_gflops']['bfloat16']:.0f}); an inner loop is {b['update']:.0%} update, "
+            f"{b['sampling']:.0%} sampling, {b['reward']:.0%} reward; a bf16 student takes "
+            f"{wd['bf16']['bf16_over_fp32']:.1f}x the fp32 time (kept fp32)")
     mem = _load(root / paths.BENCHMARKS / "memory.json")
     if mem:
         def ratios(allocator):
@@ -416,7 +418,8 @@ def findings(root: Path) -> str:
                     cells.append(f"{100 * d['diff']:+.1f} ({100 * d['ci'][0]:+.1f} to {100 * d['ci'][1]:+.1f}) {sign}")
                 rows.append([LABELS.get(model, model), *cells])
             lines += ["", f"Difference to Hard-Only on {bench} (hard test split), pass@k in points, paired "
-                      "bootstrap 95% CI over test problems (**+** / **−**: the CI excludes 0):", "",
+                      "two-level bootstrap 95% CI over seeds and test problems (**+** / **−**: the CI excludes 0; "
+                      "= not shown):", "",
                       _table(["model", "pass@1", f"pass@{k}"], rows)]
     a = _load(root / paths.RESULTS / "analysis" / "metrics.json")
     if a:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from soar import config, data, paths, tracking
+from soar import config, data, parallel, paths, tracking, worlds
 from soar.data import Problem, seed_from
 from soar.models import pick_dtype
 from soar.policy import load_policy, make_optimizer
@@ -56,7 +56,7 @@ class Method:
 
 # data -> the SOAR variant whose final teacher samples the N questions (None: the untrained teacher)
 TEACHERS = {"grounded_t": "grounded", "intrinsic_t": "intrinsic", "base_t": None,
-            "grounded_t_no_promotion": "no_promotion"}
+            "grounded_t_no_promotion": "no_promotion", "shuffled_t": "shuffled"}
 METHODS = {
     **{f"{d}-{s}": Method(d, s) for d in ("pq", *TEACHERS) for s in ("curriculum", "mixed")},
     "pq-curriculum": Method("pq", "curriculum", warmup=False),  # Table 3: 0 only for curriculum-PQ
@@ -70,10 +70,6 @@ READ_AT = {"olympiadbench": 50}
 # PAPER.md: curriculum on MATH, mixed on HARP and OlympiadBench; a curriculum method's students of
 # these pools train on the mixture (a curriculum would reach step 50 before any hard question).
 MIXED_POOLS = ("olympiadbench", "harp")
-# The official training set behind each hard pool, for the Oracle (PAPER.md: full MATH train).
-# The addition world's Oracle questions come from its own seeded train pool (soar.addition).
-ORACLE_TRAIN = {"math_test": "math_train", "math500": "math_train", "gsm8k_test": "gsm8k_train",
-                "olympiadbench": "math_train", "addition_test": "addition_train"}
 
 
 def method(name: str) -> Method:
@@ -379,28 +375,37 @@ def load_sources(cfg, *, grader) -> dict[str, list[Problem]]:
 def hard_and_oracle(cfg, pool: str) -> tuple[list[Problem], list[Problem]]:
     """(D_train of a pool, its Oracle questions: the pool's official train set minus D_train)."""
     hard = data.load_problems(paths.hard_split(pool, "train"))
-    if pool not in ORACLE_TRAIN:
+    official = worlds.of(cfg).oracle_pool(pool)
+    if official is None:  # no official training set (HARP)
         return hard, []
-    return hard, oracle_questions(hard, data.load_pool(ORACLE_TRAIN[pool]), None, seed=cfg.seed)
+    return hard, oracle_questions(hard, official, None, seed=cfg.seed)
 
 
-def train_all(cfg, student, sources: dict[str, list[Problem]], *, grader) -> list[dict]:
-    """Every fresh student: pools x methods x seeds, one after another on one student Policy
-    (each run resets it to the base). Finished runs are skipped (see train_fresh_student)."""
-    rc, results = cfg.retrain, []
-    jobs = [(pool, m, s) for pool in cfg.fail_at_k.pools for m in rc.methods for s in rc.seeds]
-    pools = {pool: hard_and_oracle(cfg, pool) for pool in cfg.fail_at_k.pools}
-    for pool, name, seed in tqdm(jobs, desc="fresh students"):
-        run, (hard, oracle) = run_config(name, cfg, pool=pool), pools[pool]
-        synthetic = oracle if run["data"] == "oracle" else sources.get(run["data"], [])
-        if method(name).sample:  # oracle-128: N random real questions, the same for every seed
-            synthetic = oracle_questions(hard, synthetic, rc.questions, seed=seed_from(cfg.seed, 12))
-        where = paths.retrain_run(pool, name, seed)
-        res = train_fresh_student(student, synthetic, hard, run, cfg, seed=seed_from(cfg.seed, seed),
-                                  out=paths.stage_dir("retrain", where), pool=pool,
-                                  checkpoints=paths.run_checkpoint("retrain", where), grader=grader, progress=False)
-        results.append({"pool": pool, "seed": seed, **res})
-    return results
+def train_all(cfg, student, sources: dict[str, list[Problem]], *, grader, executor=None) -> list[dict]:
+    """Every fresh student: pools x methods x seeds, on `executor`'s workers (soar.parallel; by
+    default one after another on `student`, each run resetting it to the base). Finished runs are
+    skipped (see train_fresh_student)."""
+    rc, jobs = cfg.retrain, []
+    for pool in cfg.fail_at_k.pools:
+        hard, oracle = hard_and_oracle(cfg, pool)
+        for name in rc.methods:
+            run = run_config(name, cfg, pool=pool)
+            synthetic = oracle if run["data"] == "oracle" else sources.get(run["data"], [])
+            if method(name).sample:  # oracle-128: N random real questions, the same for every seed
+                synthetic = oracle_questions(hard, synthetic, rc.questions, seed=seed_from(cfg.seed, 12))
+            jobs += [(pool, name, seed, run, synthetic, hard) for seed in rc.seeds]
+    executor = executor or parallel.InProcess()
+    return executor.map(_fresh_student, jobs, local=parallel.Worker(student, grader, cfg), desc="fresh students")
+
+
+def _fresh_student(worker: parallel.Worker, job: tuple) -> dict:
+    """One fresh student of train_all, on a worker's student and grader."""
+    pool, name, seed, run, synthetic, hard = job
+    where = paths.retrain_run(pool, name, seed)
+    res = train_fresh_student(worker.student, synthetic, hard, run, worker.cfg, seed=seed_from(worker.cfg.seed, seed),
+                              out=paths.stage_dir("retrain", where), pool=pool, grader=worker.grader, progress=False,
+                              checkpoints=paths.run_checkpoint("retrain", where))
+    return {"pool": pool, "seed": seed, **res}
 
 
 def tested_pool(cfg, benchmark: str) -> str:
@@ -500,10 +505,9 @@ def promoted_student(cfg, *, grader=None) -> PromotedStudent:
     so the profile's soar.reward_metric), as it is: it never trains on real hard problems. The
     promoted student after promotion j is the base with promotions 1..j merged in. The base model
     when the run never promoted."""
-    from soar.grading import default_grader
     from soar.teacher import q_r_score, reward_pool
 
-    grader = grader or default_grader()
+    grader = grader or worlds.of(cfg).grader(cfg.grading)
     # the state also holds the teacher and its optimizer (paper size: tens of GB): mmap, read only
     # the promotions
     state = torch.load(soar_files("grounded", cfg.retrain.soar_seed)[1], map_location="cpu", mmap=True,

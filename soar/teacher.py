@@ -19,6 +19,7 @@ with parallel.batch_students, several at once on one base (`inner_loops`).
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,16 @@ def teacher_reward(students: list[dict]) -> dict:
             "eval_s": sum(s["eval_s"] for s in students)}
 
 
+def shuffled(rewards: list[float], *, seed: int) -> list[float]:
+    """The shuffled-reward control (Shuffled-T): the step's grounded rewards permuted across its
+    datasets, a seeded permutation. The teacher takes updates of the same sizes as Grounded-T's,
+    with the information of which dataset earned which reward removed; Grounded-T beating it (and
+    Base-T) is the evidence that meta-RL, not the update itself, made the questions better."""
+    order = list(range(len(rewards)))
+    random.Random(seed).shuffle(order)
+    return [rewards[i] for i in order]
+
+
 def median_index(values: list[float]) -> int:
     """Index of the median value (the lower median for an even count; ties by position)."""
     return sorted(range(len(values)), key=lambda j: (values[j], j))[(len(values) - 1) // 2]
@@ -279,7 +290,7 @@ class SoarRun:
         """One outer step; returns (metrics row, per-dataset sample records)."""
         cfg, sc, t = self.cfg, self.cfg.soar, self.state.step
         seed, times = seed_from(cfg.seed, t), {}
-        clock = time.perf_counter()
+        clock = start = time.perf_counter()
         # 1. propose g*B datasets (the frozen Base-T teacher proposes too, it just never learns)
         n_datasets = sc.group_size * sc.groups_per_step
         datasets, row = propose_datasets(self.teacher, n_datasets, sc.n, cfg.teacher, cfg.generation,
@@ -305,9 +316,11 @@ class SoarRun:
         if sc.reward == "intrinsic":
             rewards = [intrinsic_reward(self.student, X, cfg.student, cfg.generation, samples=sc.intrinsic_samples,
                                         seed=seed_from(seed, 3, k), grader=self.grader) for k, X in enumerate(datasets)]
+        elif sc.reward == "shuffled":  # the control: the grounded rewards, each given to another dataset
+            rewards = shuffled(grounded, seed=seed_from(seed, 4))
         else:
             rewards = grounded
-        times["time/inner_loops_s"] = sum(res["train_s"] for res in results)
+        times["time/inner_loops_s"] = sum(res["train_s"] for res in results)  # summed over students (and workers)
         times["time/reward_eval_s"] = eval_s + sum(res["eval_s"] for res in results) + time.perf_counter() - clock
         # 4. RLOO across the datasets of each group; one teacher step on every pair of X_k
         clock = time.perf_counter()
@@ -341,7 +354,8 @@ class SoarRun:
                     "teacher/question_length_mean": sum(len(p.problem) for X in datasets for p in X.problems)
                     / max(1, sum(len(X.problems) for X in datasets)),
                     "teacher/question_diversity": lexical_diversity([p.problem for X in datasets for p in X.problems]),
-                    "promotion": promoted, "promotions": len(self.state.promotions), **times})
+                    "promotion": promoted, "promotions": len(self.state.promotions), **times,
+                    "wall_s": time.perf_counter() - start})  # the step's wall clock (workers run side by side)
         samples = [{"step": t, "dataset": k, "group": k // sc.group_size, "reward": rewards[k], "grounded": grounded[k],
                     "gains": results[k]["gains"], "advantage": float(A[k]),
                     "questions": [p.problem for p in X.problems], "answers": [p.answer for p in X.problems]}

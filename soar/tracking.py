@@ -96,6 +96,6 @@ def summarize_soar(rows: list[dict], grader_stats: dict) -> dict:
         "rejection_rate_mean": sum(r["teacher/rejection_rate"] for r in rows) / len(rows),
         "baseline_score_first": rows[0]["student/baseline_score"],
         "baseline_score_last": rows[-1]["student/baseline_score"],
-        "seconds_per_step": sum(v for r in rows for k, v in r.items() if k.startswith("time/")) / len(rows),
+        "seconds_per_step": sum(r["wall_s"] for r in rows) / len(rows),  # wall clock (time/*: busy seconds)
         "grader": grader_stats,
     }

@@ -56,7 +56,7 @@ def build_run(cfg, checkpoint, grader, executor=None):
 
 def comparable(row):
     """A metric row without its timings."""
-    return {k: v for k, v in row.items() if not k.startswith("time/")}
+    return {k: v for k, v in row.items() if not k.startswith("time/") and k != "wall_s"}
 
 
 def base_weights(policy):

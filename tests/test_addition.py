@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from soar import addition, config, data, grading, models, prompts
+from soar import addition, config, data, grading, models, prompts, worlds
 from soar.sampling import encode_prompts, generate
 
 
@@ -40,7 +40,7 @@ def test_pools_are_seeded_uniform_over_levels_and_disjoint():
     p = test[0]
     a, b = (int(x[::-1]) for x in p.problem.split("+"))
     assert p.answer == str(a + b)[::-1] and p.metadata["level"] == addition.carries(a, b)
-    some = data.load_pool("addition_test", levels=[4], limit=5)  # a seeded sample, in pool order
+    some = worlds.Addition().pool("addition_test", levels=[4], limit=5)  # a seeded sample, in pool order
     assert len(some) == 5 and some == [q for q in test if q.id in {r.id for r in some}]
     assert {q.metadata["level"] for q in some} == {4}
 
@@ -120,9 +120,45 @@ def test_structure_kernel_and_exact_topics():
 
     from soar import analysis
 
-    emb = analysis.load_embedder("addition-structure")
+    emb = analysis.load_embedder("addition-structure", worlds.Addition())
     x = analysis.embed(emb, ["4321+8765", "4321+8765", "1111+2222", "not a sum"])
     sim = x @ x.T
     assert np.isclose(sim[0, 1], 1.0) and sim[0, 2] < 0.5 and np.isclose(sim[0, 3], 0.0)
     assert analysis.vendi_score(x[:2]) < 1.01 and analysis.vendi_score(x[[0, 2, 3]]) > 2.0
     assert emb.topics(["4321+8765", "12+3", "hello"]) == ["level 2", "other length", "ill-posed"]
+
+
+def test_the_exact_grader_reads_the_sum_as_written():
+    """In-process and exact: the gold digit string itself, never math-verify's numeric reading
+    (units first, `021` is 120, not `21` = 12), and a number is all an answer can be."""
+    g = addition.ExactGrader()
+    jobs = [("2196", "2196"), (" 2196 ", "2196"), ("021", "21"), ("12+3", "15"), (None, "1"), ("7", ["8", "7"]),
+            ("2196", "2196", True)]
+    assert g.grade_many(jobs) == [True, True, False, False, False, True, True]
+    assert g.stats["calls"] == 7 and g.stats["math_verify"] == 0
+    assert [g.parses(a) for a in ("2196", " 12 ", "12+3", "", "1.5", "-3")] == [True, True, False, False, False, False]
+    with math_verify_grader() as mv:  # where both decide, they agree; math-verify is lenient only on form
+        same = [j for j in jobs if j[0] is not None and j[0].strip().isdigit() and j[0].strip()[0] != "0"]
+        assert mv.grade_many(same) == g.grade_many(same)
+        assert mv.grade_many([("021", "21")]) == [True]
+
+
+def math_verify_grader():
+    return grading.Grader(timeout=5.0, workers=1)
+
+
+def test_the_world_of_a_config_owns_pools_oracle_and_grader():
+    from soar import worlds
+
+    cfg = config.load(config._ROOT / "params.yaml")
+    world = worlds.of(cfg)
+    assert world.name == "addition" and isinstance(world.grader(cfg.grading), addition.ExactGrader)
+    pool = world.pool("addition_test", levels=[4], limit=10, seed=0)
+    assert len(pool) == 10 and {p.metadata["level"] for p in pool} == {4}
+    assert pool == world.pool("addition_test", levels=[4], limit=10, seed=0)  # seeded
+    assert not {p.problem for p in world.oracle_pool("addition_test")} & {p.problem for p in addition.pool("addition_test")}
+    tiny = config.load(config._ROOT / "params.yaml", {"profile": "tiny"})
+    assert worlds.of(tiny).name == "math" and isinstance(worlds.of(tiny).grader(tiny.grading), grading.Grader)
+    assert worlds.of(tiny).oracle_pool("harp") is None
+    with pytest.raises(ValueError, match="mix the addition world's pools with benchmarks"):
+        worlds.of(config.load(config._ROOT / "params.yaml", {"fail_at_k": {"pools": ["addition_test", "math_test"]}}))

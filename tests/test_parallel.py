@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_make_executor_reads_the_parallel_section():
     cfg = config.load(ROOT / "params.yaml")
-    assert isinstance(parallel.make_executor(cfg.parallel), parallel.InProcess)
+    assert isinstance(parallel.make_executor(cfg.parallel), parallel.ProcessExecutor)  # the world's default
+    assert isinstance(parallel.make_executor(config.load(ROOT / "params.yaml", {"profile": "tiny"}).parallel),
+                      parallel.InProcess)
     ray_cfg = config.load(ROOT / "params.yaml", {"parallel": {"backend": "ray", "workers": 3, "actor_gpus": [1, 2]}})
     ex = parallel.make_executor(ray_cfg.parallel)
     assert isinstance(ex, parallel.RayExecutor) and ex.workers == 3 and not ex.actors  # started lazily
@@ -138,3 +140,53 @@ def test_ray_actors_take_each_promotion_once_and_never_the_drivers_gpu(tmp_path,
     finally:
         ex.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _threads_and_pid(worker, job):  # module level: sent to worker processes by reference
+    return torch.get_num_threads(), os.getpid(), job
+
+
+def test_process_workers_run_each_job_on_one_thread_and_report_failures():
+    cfg = config.load(ROOT / "params.yaml", {"profile": "smoke", "parallel": {"backend": "processes", "workers": 2}})
+    ex = parallel.make_executor(cfg.parallel)
+    assert isinstance(ex, parallel.ProcessExecutor) and ex.slots == 2 and not ex.procs  # started lazily
+    try:
+        out = ex.map(_threads_and_pid, ["a", "b", "c"], local=parallel.Worker(None, None, cfg))
+        assert [job for _, _, job in out] == ["a", "b", "c"]  # job order
+        assert {threads for threads, _, _ in out} == {1}
+        assert len({pid for _, pid, _ in out}) == 2 and os.getpid() not in {pid for _, pid, _ in out}
+        with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+            ex.map(_fails, [0], local=parallel.Worker(None, None, cfg))
+    finally:
+        ex.close()
+    assert not ex.procs
+
+
+def _fails(worker, job):
+    return 1 / job
+
+
+@pytest.mark.slow
+def test_inner_loops_give_the_same_students_on_one_or_two_worker_processes(reference_run):
+    """A teacher step's students (gains and trained weights) do not depend on how many processes
+    train them: every job runs on one thread, seeded by itself; promotions are replayed."""
+    from soar.data import load_benchmark
+    from soar.teacher import InnerJob, inner_loops
+
+    cfg = toy_cfg()
+    problems = load_benchmark("gsm8k_test", limit=4, seed=0)[:2]
+    jobs = [InnerJob(problems, problems, 0.0, 0, seed, student) for seed in (3, 4) for student in (0, 1)]
+    promotions = torch.load(reference_run.step0, weights_only=False).promotions  # replayed by every worker
+    results = {}
+    for workers in (1, 2):
+        ex = parallel.ProcessExecutor(workers)
+        try:
+            size = -(-len(jobs) // ex.slots)
+            shares = ex.map(inner_loops, [jobs[i : i + size] for i in range(0, len(jobs), size)],
+                            local=parallel.Worker(None, None, cfg), promotions=promotions)
+        finally:
+            ex.close()
+        results[workers] = [r for share in shares for r in share]
+    for a, b in zip(results[1], results[2], strict=True):
+        assert a["gain"] == b["gain"]
+        assert a["state"].keys() == b["state"].keys() and all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])

@@ -183,6 +183,20 @@ def test_difference_to_hard_only_is_paired_over_test_problems():
     assert "hard_only" not in m["vs_hard_only"]["addition_test"]
 
 
+def test_a_difference_carried_by_one_seed_is_not_shown():
+    """Seeds are resampled before problems: one seed that solves everything (the other nothing)
+    gives a CI that includes 0, where resampling problems alone would call the +50 points shown."""
+    runs = {"hard_only": {0: _records([0] * 8), 1: _records([0] * 8)},
+            "pq-curriculum": {0: _records([4] * 8), 1: _records([0] * 8)}}
+    m = evaluation.metrics({"addition_test": runs}, [1], n_samples=4, n_boot=400)
+    d = m["vs_hard_only"]["addition_test"]["pq-curriculum"]["1"]
+    assert d["diff"] == pytest.approx(0.5)
+    assert d["ci"][0] == pytest.approx(0.0) and d["ci"][1] == pytest.approx(1.0)  # seed draws {1,1} and {0,0}
+    with pytest.raises(ValueError, match="same seeds"):
+        evaluation.vs_hard_only(evaluation.summarize({"hard_only": {0: _records([0])}, "oracle": {1: _records([1])}},
+                                                     [1], n_boot=10), [1], n_boot=10)
+
+
 def test_tables_have_a_row_per_method_and_the_paper_column():
     runs = {"base": {0: _records([0, 1])}, "pq-curriculum": {0: _records([1, 1])}}
     m = evaluation.metrics({"gsm8k_test": runs}, [1, 4], n_samples=4, n_boot=50)
@@ -275,16 +289,17 @@ def test_disk_use_of_the_paper_profile():
     """Llama-3.2-3B (3.21e9 weights) in bf16: 6.42 GB a checkpoint; per pool 10 methods x 3 seeds
     keeping the 4 checkpoints of a 200-step window every 50 steps (MATH) or the one read at step 50
     (OlympiadBench); a SOAR state of 12 + 4 + 3 x 2 bytes a weight (teacher masters and moments,
-    the latest of 4 promotions in fp32, the 3 earlier in bf16), for 3 variants x 3 seeds and 2 x 2
-    sweep cells."""
+    the latest of 4 promotions in fp32, the 3 earlier in bf16), for each SOAR run (params.yaml's
+    runs: 4 variants with the shuffled control, x 3 seeds) and 2 x 2 sweep cells."""
     params, paper = 3.21e9, config.load("params.yaml", {"profile": "paper"})
     use = retrain.disk_use(paper, params=params)
     assert use["checkpoint"] == params * 2
     assert use["retrain"] == pytest.approx((4 + 1) * 10 * 3 * params * 2)
     assert use["retrain_run_peak"] == pytest.approx(30 * params * 2)  # 1500 steps / 50
     assert use["soar_state"] == pytest.approx(params * (12 + 4 + 3 * 2))
-    assert use["soar"] == pytest.approx((3 * 3 + 2 * 2) * use["soar_state"])
-    assert use["total"] == pytest.approx(use["retrain"] + use["soar"]) and 1.8e12 < use["total"] < 1.9e12
+    assert len(paper.runs.variants) * len(paper.runs.seeds) == 4 * 3
+    assert use["soar"] == pytest.approx((4 * 3 + 2 * 2) * use["soar_state"])
+    assert use["total"] == pytest.approx(use["retrain"] + use["soar"]) and 2.0e12 < use["total"] < 2.1e12
     assert retrain.disk_use(paper, params=params, promotions=0)["soar_state"] == pytest.approx(12 * params)
     with pytest.raises(ValueError, match="LoRA"):
         retrain.disk_use(config.load("params.yaml", {"profile": "tiny"}), params=params)
