@@ -50,6 +50,7 @@ test-fast: setup
 # scaled-down Llama at toy sizes, in a scratch folder; about 2.5 minutes on 2 CPU cores (README).
 dry-run: setup
 	$(BIN)/python -m soar.dry_run
+	$(BIN)/python -m soar.dry_run --profile gpu1
 
 # How the default world was chosen, on its train pool only (not a DVC stage: ~10 minutes, and the
 # default run does not need it); the executed copy and results/design/ are committed.

@@ -3,7 +3,8 @@
 Time: the tokens each stage samples and trains on, counted from the resolved config
 (`soar_work`, `soar_step_work`, `retrain_work`, `evaluate_work`), and the hours that takes at
 given throughputs (`hours`, `outer_step_hours`); `roofline_rates` gives a GPU's ideal throughputs
-for a model shape. `benchmarks/project_paper.py` builds the paper-profile projection on it.
+for a model shape. `benchmarks/project_paper.py` builds the paper-profile projection on it;
+`projection` projects every stage of a profile on one device (`benchmarks/project_gpu1.py`).
 Counts are upper bounds where lengths vary: every completion is taken at its token cap, prompts
 at a given mean length. Not counted: the teacher's rejected samples and the extra inner steps
 after a promotion (both small next to the inner loops), grading, and model loading.
@@ -100,6 +101,24 @@ def evaluate_work(cfg, test_problems: Mapping[str, int]) -> Work:
                     for benchmark, count in test_problems.items()) * ec.n_samples * ec.max_new_tokens * len(rc.seeds))
 
 
+def fail_at_k_work(cfg, pool_sizes: Mapping[str, int]) -> Work:
+    """The fail_at_k stage: k answers sampled for each problem of each pool (at most
+    fail_at_k.limit of it). pool_sizes: {pool: problem count}."""
+    fc = cfg.fail_at_k
+    return Work(sum(min(pool_sizes[p], fc.limit or pool_sizes[p]) for p in fc.pools) * fc.k * fc.max_new_tokens)
+
+
+def most_test_problems(cfg, sizes: Mapping[str, int]) -> dict[str, int]:
+    """The most problems the evaluate stage can test on each benchmark (the hard sets are made by
+    the run): each pool's hard test split were every problem fail_at_k draws hard (its
+    1 - train_fraction share), each extra benchmark whole; at most evaluate.limit each.
+    sizes: {benchmark: problem count}."""
+    fc, limit = cfg.fail_at_k, cfg.evaluate.limit
+    bound = {p: int(min(sizes[p], fc.limit or sizes[p]) * (1 - fc.train_fraction)) for p in fc.pools}
+    bound |= {b: sizes[b] for b in cfg.evaluate.extra}
+    return {b: min(n, limit or n) for b, n in bound.items()}
+
+
 @dataclass(frozen=True)
 class Shape:
     """What throughput depends on: parameters, KV-cache bytes per token, bytes per weight."""
@@ -137,6 +156,51 @@ def hours(work: Work, *, sampled_per_s: float, trained_per_s: float) -> float:
     return (work.sampled / sampled_per_s + work.trained / trained_per_s) / 3600
 
 
+def projection(cfg, hw: Hardware, *, prompt: float, teacher_prompt: float, pool_sizes: Mapping[str, int],
+               test_problems: Mapping[str, int], efficiency: Sequence[float]) -> dict:
+    """One device's hours for each stage of `cfg` on `hw`, for its model's shape (its config.json):
+    the work (fail_at_k_work, soar_work of one run of cfg's variant, retrain_work, evaluate_work),
+    its hours at the roofline, and those hours over each share of the roofline in `efficiency`
+    (a realized share: benchmarks/project_paper.py fits it to the paper's reported costs).
+    Each part runs at the roofline of its own decode batch, generation.batch_size rows at most:
+    one student's RLOO step decodes questions_per_step x samples_per_question rows, or
+    parallel.batch_students times as many batched on one base (the SOAR inner loops), and a
+    decode step reads every weight however few rows share it (a retrain method's group factor
+    aside); its context is its prompt plus half its token cap; the teacher's update runs at the
+    teacher's training rate (adapter, KL, recompute).
+    "one_run" is one SOAR run with the fresh students and evaluation that read it (retrain +
+    evaluate); "with_fail_at_k" adds the stage that makes the hard sets."""
+    arch = architecture(cfg.model.name)
+    if arch is None:
+        raise ConfigError(f"model {cfg.model.name!r}: no config.json at hand to project")
+    shape, g, sc, st, rc = arch.shape(), cfg.generation.batch_size, cfg.soar, cfg.student, cfg.retrain
+
+    def rates(role, rows: int, context: float) -> tuple[float, float]:
+        return roofline_rates(shape, hw, batch=min(g, rows), context=context, full=role.adapter == "full",
+                              kl=role.kl_coef > 0, recompute=role.gradient_checkpointing)
+
+    step = soar_step_work(cfg, prompt=prompt, teacher_prompt=teacher_prompt)
+    datasets = sc.groups_per_step * sc.group_size
+    inner_rows = min(cfg.parallel.batch_students, datasets * sc.r) * st.questions_per_step * st.samples_per_question
+    parts = {  # stage: [(work, (sampled/s, trained/s)), ...] at the roofline
+        "fail_at_k": [(fail_at_k_work(cfg, pool_sizes), rates(st, g, prompt + cfg.fail_at_k.max_new_tokens / 2))],
+        "soar_run": [(step["teacher"] * sc.outer_steps, rates(cfg.teacher, datasets * sc.n,
+                                                              teacher_prompt + cfg.teacher.max_new_tokens / 2)),
+                     (step["baseline"] * sc.outer_steps, rates(st, sc.q_r, prompt + st.max_new_tokens / 2)),
+                     (step["inner_loops"] * sc.outer_steps, rates(st, inner_rows, prompt + st.max_new_tokens / 2))],
+        "retrain": [(retrain_work(cfg, prompt=prompt), rates(st, rc.questions_per_step * rc.samples_per_question,
+                                                             prompt + rc.max_new_tokens / 2))],
+        "evaluate": [(evaluate_work(cfg, test_problems), rates(st, g, prompt + cfg.evaluate.max_new_tokens / 2))],
+    }
+    parts["one_run"] = parts["soar_run"] + parts["retrain"] + parts["evaluate"]
+    parts["with_fail_at_k"] = parts["one_run"] + parts["fail_at_k"]
+    ideal = {stage: sum(hours(w, sampled_per_s=r[0], trained_per_s=r[1]) for w, r in ps) for stage, ps in parts.items()}
+    work = {stage: sum((w for w, _ in ps), Work()) for stage, ps in parts.items()}
+    shares = sorted(efficiency, reverse=True)  # fastest first
+    return {"work": {k: {"sampled": w.sampled, "trained": w.trained} for k, w in work.items()},
+            "ideal_hours": ideal, "hours": {k: [h / e for e in shares] for k, h in ideal.items()}}
+
+
 def outer_step_hours(cfg, plan: MemoryPlan, step: Mapping[str, Work], *, student: tuple[float, float],
                      teacher: tuple[float, float]) -> dict[str, float]:
     """Hours of one outer step (`step`: soar_step_work) on the plan's GPUs, at per-GPU
@@ -167,7 +231,8 @@ USABLE = 0.9
 # Longest prompt of a batch, padding included (paper: 153 tokens on average for MATH, 154 for the teacher).
 PROMPT_TOKENS = 256
 # Hub ids whose config.json ships with the repository, for a plan before the weights are cached.
-KNOWN = {"meta-llama/Llama-3.2-3B-Instruct": paths.ROOT / "benchmarks" / "llama-3.2-3b"}
+KNOWN = {"meta-llama/Llama-3.2-3B-Instruct": paths.ROOT / "benchmarks" / "llama-3.2-3b",
+         "meta-llama/Llama-3.2-1B-Instruct": paths.ROOT / "benchmarks" / "llama-3.2-1b"}
 
 
 class MemoryPlanError(ConfigError):
@@ -276,7 +341,8 @@ def model_memory(cfg, role: str, arch: Architecture, *, bytes_per_param: int, ca
     - resident: the weights it computes with; the frozen reference (full fine-tuning: the base, a
       second copy; LoRA: none, the same base with the adapter off); the fp32 masters of the trained
       weights (the weights themselves in fp32; LoRA adapters are fp32: their own masters); AdamW's
-      fp32 m and v; with generation.backend vllm, its engine's share of the device;
+      fp32 m and v; the student's batched students' adapters and moments (parallel.batch_students);
+      with generation.backend vllm, its engine's share of the device;
     - rollout (HF backend): the KV cache of a decode batch, generation.batch_size rows of
       prompt + max_new_tokens, and one step's fp32 logits and sampling noise;
     - backward, one micro-batch of micro_batch x (prompt + max_new_tokens) tokens: fp32 gradients
@@ -300,6 +366,9 @@ def model_memory(cfg, role: str, arch: Architecture, *, bytes_per_param: int, ca
     separate = not full or w != 4  # the masters are not the compute weights themselves
     resident = {"weights": weights, "reference": weights if full else 0.0,
                 "fp32 masters": trained * 4 if separate else 0.0, "AdamW m, v": 2 * trained * 4}
+    if role == "student" and not full and cfg.parallel.batch_students > 1:
+        # batched students (Policy.students): an fp32 adapter and its AdamW moments each, beside the policy's own
+        resident["batched students"] = cfg.parallel.batch_students * trained * (4 + 2 * 4)
     phases = {}
     batch = cfg.generation.batch_size
     if cfg.generation.backend == "vllm":

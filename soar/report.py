@@ -253,6 +253,42 @@ def node_lines(p: dict) -> list[str]:
             f"paper: {span(p['paper_gpu_hours_per_outer_step'])}, on 4 nodes)."]
 
 
+def gpu1_budget(root: Path) -> str:
+    """The one-GPU profile's projected H100-hours and memory plan (benchmarks/project_gpu1.py)."""
+    path = paths.BENCHMARKS / "gpu1_projection.json"
+    b = _load(root / path)
+    if b is None:
+        return _missing(path, "`python benchmarks/project_gpu1.py`")
+    p, plan, run, e = b["projection"], b["memory_plan"], b["dvc_exp_run"], b["efficiency"]
+    names = {"fail_at_k": "fail@k (the hard sets; once for every run)", "soar_run": "one SOAR run (grounded)",
+             "retrain": "retrain (its fresh students: every method x seed)", "evaluate": "evaluate",
+             "with_fail_at_k": f"**one run** (the profile's budget: {b['budget_hours']}): fail@k + SOAR run + retrain + "
+                               "evaluate"}
+
+    def span(xs):
+        return f"{xs[0]:.1f}–{xs[1]:.1f}"
+
+    rows = [[name, f"{p['work'][k]['sampled'] / 1e6:.1f}", f"{p['work'][k]['trained'] / 1e6:.1f}",
+             f"{p['ideal_hours'][k]:.2f}", span(p["hours"][k])] for k, name in names.items()]
+    runs = ", ".join(f"{n} {v}" for v, n in run["soar_runs"].items())
+    tests = ", ".join(f"{k} {v}" for k, v in b["test_problems"].items())
+    return "\n".join([
+        _table(["stage (gpu1 profile)", "tokens sampled (M)", "tokens trained (M)", "H100-hours at the roofline",
+                "projected H100-hours"], rows), "",
+        f"- Projected, not measured ({b['date']}): work counted from `profiles/gpu1.yaml` ({b['model']}, completions "
+        f"at their token caps, prompts {b['prompt_tokens']:.0f} tokens, test problems at most {tests}: every problem "
+        f"fail@k draws taken as hard); {b['hardware']['name']} roofline of each part at its own decode batch, scaled "
+        f"by the paper profile's two fitted shares of it ({e['soar_run']:.0%} and {e['fresh_student']:.0%}).",
+        f"- Memory plan on one {b['gpu_memory_gib']:.0f} GiB GPU (`soar.budget`): "
+        f"{', '.join(f'{r} -> {d}' for r, d in sorted(plan['placement'].items(), reverse=True))}, needs "
+        f"{plan['need_gib'][0]:.1f} GiB of "
+        f"{plan['usable_gib']:.0f} usable -> {'fits' if plan['fits'] else 'DOES NOT FIT'}.",
+        f"- `dvc exp run -S profile=gpu1` runs params.yaml's SOAR matrix ({runs} seeds) and {run['sweep_cells']} "
+        f"sweep cells: **{span(run['hours'])} H100-hours**; with `-S 'runs.variants=[grounded]' -S 'runs.seeds=[0]'` "
+        f"(the one run gpu1's retrain methods read; not run end to end here) "
+        f"**{span(run['grounded_seed0_hours'])}**."])
+
+
 def gpu_check(root: Path) -> str:
     """The GPU check (benchmarks/gpu_check.py): rollout and RLOO-step speed and peak memory at the
     paper's shapes, beside the memory plan, and the GPU-hours they project."""
@@ -440,7 +476,8 @@ def findings(root: Path) -> str:
 
 
 BLOCKS = {"world": world, "stage_times": stage_times, "findings": findings, "fail_at_k": fail_at_k, "soar": soar_runs, "main_table": main_table, "analysis": analysis,
-          "sweep": sweep, "benchmarks": benchmarks, "paper_budget": paper_budget, "gpu_check": gpu_check}
+          "sweep": sweep, "benchmarks": benchmarks, "paper_budget": paper_budget, "gpu1_budget": gpu1_budget,
+          "gpu_check": gpu_check}
 
 
 def render(readme: str | Path = "README.md", root: str | Path = ".") -> list[str]:

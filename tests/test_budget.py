@@ -248,3 +248,76 @@ def test_vllm_engines_take_their_share_and_must_hold_a_sequence(monkeypatch):
     assert not budget.memory_plan(cfg, [80 * GiB]).fits  # two engines and two full-FT policies on one GPU
     monkeypatch.setattr(budget, "VLLM_GPU_MEMORY", 0.08)  # 6.4 GiB: the 6 GiB of weights leave no room
     assert "generation.max_model_len" in budget.memory_plan(cfg, [80 * GiB] * 2).problems[0]
+
+
+# --- the one-GPU profile (profiles/gpu1.yaml) ---------------------------------------------------
+
+def _gpu1(**overrides):
+    return config.load("params.yaml", {"profile": "gpu1", **overrides})
+
+
+def test_fail_at_k_work_and_the_most_test_problems_count_by_hand():
+    cfg = _cfg(fail_at_k={"pools": ["math_test", "olympiadbench"], "limit": 100, "k": 4, "max_new_tokens": 10,
+                          "train_fraction": 0.5},
+               evaluate={"extra": ["aime24"], "limit": 40})
+    sizes = {"math_test": 5000, "olympiadbench": 60, "aime24": 30}
+    assert budget.fail_at_k_work(cfg, sizes) == budget.Work((100 + 60) * 4 * 10)  # the limit, or the whole pool
+    # half of what fail@k draws, were all of it hard; an extra benchmark whole; at most evaluate.limit
+    assert budget.most_test_problems(cfg, sizes) == {"math_test": 40, "olympiadbench": 30, "aime24": 30}
+
+
+def test_batched_students_decode_at_a_larger_batch_in_the_projection():
+    hw = budget.Hardware("toy", flops=1e15, bandwidth=1e12)
+    args = {"prompt": P, "teacher_prompt": T, "pool_sizes": {"math_test": 10}, "test_problems": {"math_test": 5},
+            "efficiency": [0.5, 0.25]}
+    alone, batched = (budget.projection(_gpu1(parallel={"batch_students": k}), hw, **args) for k in (1, 8))
+    assert alone["work"] == batched["work"]  # the same tokens, decoded 8 students' rows at a time
+    assert batched["ideal_hours"]["soar_run"] < alone["ideal_hours"]["soar_run"]
+    assert batched["ideal_hours"]["retrain"] == alone["ideal_hours"]["retrain"]  # fresh students train alone
+    one = batched["ideal_hours"]
+    assert one["one_run"] == pytest.approx(one["soar_run"] + one["retrain"] + one["evaluate"])
+    assert batched["hours"]["one_run"] == pytest.approx([one["one_run"] / 0.5, one["one_run"] / 0.25])
+
+
+def test_the_shipped_llama_1b_config_gives_its_parameter_count():
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    name = "meta-llama/Llama-3.2-1B-Instruct"
+    arch = budget.architecture(name)
+    with torch.device("meta"):  # no memory: only the shapes
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(budget.KNOWN[name]))
+    assert arch.params == sum(p.numel() for p in model.parameters()) == 1_235_814_400
+
+
+def test_gpu1_profile_is_planned_on_one_80gb_gpu():
+    cfg = _gpu1()
+    assert cfg.model.name == "meta-llama/Llama-3.2-1B-Instruct" and cfg.parallel.backend == "inprocess"
+    assert cfg.student.adapter == "lora" and cfg.parallel.batch_students > 1  # students batched on one base
+    plan = budget.check_memory(cfg, devices=[80 * GiB])  # raises MemoryPlanError when it does not fit
+    assert plan.fits and plan.placement == {"teacher": "cuda:0", "student": "cuda:0"}
+    assert plan.model(cfg.model, "student").device == "cuda:0"
+    student = plan.devices[0].processes[0][1]
+    a = budget.architecture(cfg.model.name).lora_params(cfg.student.lora_r)
+    assert student.resident["batched students"] == cfg.parallel.batch_students * a * (4 + 8)  # fp32 adapter, AdamW
+    assert budget.check_memory(cfg, roles=("student",), devices=[80 * GiB]).fits  # retrain, evaluate
+
+
+def test_gpu1_projection_is_within_8_gpu_hours_and_is_the_committed_one():
+    """The projection docs/scale-out.md shows (benchmarks/project_gpu1.py) is budget.projection of
+    the gpu1 config as it is now, and one SOAR run with its fresh students, their evaluation and
+    fail@k stays within 8 H100-hours at the slower of the paper's two fitted roofline shares."""
+    import json
+
+    from soar import paths
+
+    saved = json.loads((paths.ROOT / paths.BENCHMARKS / "gpu1_projection.json").read_text())
+    hw = saved["hardware"]
+    p = budget.projection(_gpu1(), budget.Hardware(hw["name"], hw["flops"], hw["bandwidth"]),
+                          prompt=saved["prompt_tokens"], teacher_prompt=saved["teacher_prompt_tokens"],
+                          pool_sizes=saved["pool_sizes"], test_problems=saved["test_problems"],
+                          efficiency=list(saved["efficiency"].values()))
+    assert p == saved["projection"], "stale: run `python benchmarks/project_gpu1.py`"
+    assert p["hours"]["one_run"][-1] <= p["hours"]["with_fail_at_k"][-1] <= saved["budget_hours"] == 8
+    plan = saved["memory_plan"]
+    assert plan["fits"] and plan["placement"] == {"teacher": "cuda:0", "student": "cuda:0"}

@@ -18,7 +18,7 @@ def test_default_params_load_as_the_addition_world():
     assert config.load(ROOT / "params.yaml", {"profile": "tiny"}).model.name == "smollm2-135m-instruct"
 
 
-@pytest.mark.parametrize("profile", ["smoke", "paper", "tiny"])
+@pytest.mark.parametrize("profile", ["smoke", "paper", "tiny", "gpu1"])
 def test_every_profile_loads(profile):
     cfg = config.load(ROOT / "params.yaml", {"profile": profile})
     assert cfg.profile == profile
