@@ -412,6 +412,7 @@ def findings(root: Path) -> str:
     """The questions the default run answers, each from its results file: is the grounded teacher
     reward above 0; does each method beat Hard-Only on the hard test split; what happens to the
     teachers' diversity; how much of the Oracle's gain is recovered."""
+    from soar.evaluation import PAPER_MATH
     from soar.metrics import aggregate_seeds, bootstrap_ci
 
     def summary(by_seed: dict[str, list[float]]) -> str:
@@ -426,6 +427,21 @@ def findings(root: Path) -> str:
                 f"{len(pooled)} datasets {lo:+.3f} to {hi:+.3f}: **{verdict}**)")
 
     lines = []
+    fk, ev = _load(root / paths.RESULTS / "fail_at_k" / "metrics.json"), _load(root / paths.RESULTS / "eval" / "metrics.json")
+    if fk and ev:  # the premise: are the hard problems hard for the base model, and for Hard-Only?
+        for pool, f in fk["pools"].items():
+            table = ev["benchmarks"].get(pool, {})
+            k = str(max(ev["ks"]))
+            base, ho = table.get("base"), table.get("hard_only")
+            if base is None:
+                continue
+            line = (f"- **The premise, {pool}**: fail@{fk['k']} keeps {f['hard']} of {f['problems']} problems as hard "
+                    f"({f['hard_fraction']:.1%}); on its hard test split ({base['problems']} problems) the base model "
+                    f"answers {100 * base['mean']['1']:.1f}% of samples right, pass@{k} {100 * base['mean'][k]:.1f}%")
+            if ho is not None:
+                line += f"; Hard-Only reaches pass@{k} {100 * ho['mean'][k]:.1f} ± {100 * ho['std'][k]:.1f}%"
+            paper = PAPER_MATH["base"][32], PAPER_MATH["hard_only"][32] - PAPER_MATH["base"][32]
+            lines.append(line + f" (the paper, MATH fail@128: base pass@32 {paper[0]}%, Hard-Only {paper[1]:+.1f} points).")
     variants = sorted({p.parent.parent.name for p in (root / paths.RESULTS / "soar").glob("*/seed*/samples")})
     for variant in variants:
         before, after = {}, {}  # per seed: grounded gains against the base student, and after a promotion

@@ -1,1 +1,1 @@
-6ecccae14e9338fe/12/64
+a2d0bebe27f6c5c5/12/64
