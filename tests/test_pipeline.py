@@ -48,7 +48,7 @@ def project(tmp_path_factory):
     _link_converted_models(work)
     params = (work / "params.yaml").read_text().replace("profile: addition", "profile: smoke")
     assert "profile: smoke\n" in params
-    params = params.replace("variants: [grounded, intrinsic, no_promotion]", "variants: [grounded]")
+    params = params.replace("variants: [grounded, intrinsic, no_promotion, shuffled]", "variants: [grounded]")
     params = params.replace("seeds: [0, 1, 2]\nvariants:", "seeds: [0]\nvariants:")
     assert "seeds: [0]\nvariants:" in params
     assert "variants: [grounded]\n" in params  # one run keeps CI short; the variants: test_teacher
@@ -79,6 +79,17 @@ def test_every_stage_writes_its_outputs(project):
                 "results/figures/oracle_share.png", "results/sweep/tau0.01-n1/metrics.json",
                 "results/notebooks/02_train_soar-sweep-tau0.01-n1.ipynb", "results/figures/sensitivity.png"):
         assert (project / rel).exists(), rel
+
+
+def test_each_soar_run_records_the_config_it_read(project):
+    """What a sweep set is what the run read: the resolved config (profile, variant, papermill
+    overrides) beside the run's results; the sweep cell's tau is its own."""
+    from soar import config
+
+    cfg = json.loads((project / RUN / "config.json").read_text())
+    assert cfg == config.to_dict(config.load(project / "params.yaml", {"seed": 0}, variant="grounded"))
+    assert cfg["profile"] == "smoke"
+    assert json.loads((project / "results/sweep/tau0.01-n1/config.json").read_text())["soar"]["tau"] == 0.01
 
 
 def _jsonl(path):
