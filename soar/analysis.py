@@ -473,13 +473,21 @@ def step_profile(steps: Mapping[int, Sequence[str]], embedder, centroids) -> lis
     for step in sorted(steps):
         qs = list(steps[step])
         emb = embed(embedder, qs)
-        subjects = Counter(embedder.topics(qs) if hasattr(embedder, "topics") else classify_subjects(emb, centroids))
         out.append({"step": step, "questions": len(qs),
                     "length": float(np.mean([len(q.split()) for q in qs])) if qs else None,
                     "equation_density": float(np.mean([equation_density(q) for q in qs])) if qs else None,
                     "diversity": mean_pairwise_distance(emb),
-                    "subjects": {s: subjects[s] / len(qs) for s in centroids} if qs else {}})
+                    "subjects": topic_shares(qs, emb, embedder, centroids)})
     return out
+
+
+def topic_shares(questions: Sequence[str], emb: np.ndarray, embedder, centroids) -> dict[str, float]:
+    """The share of the questions in each topic: exact where the embedder knows topics (the
+    addition world's levels), else the nearest subject centroid. {} for no question."""
+    if not questions:
+        return {}
+    subjects = Counter(embedder.topics(questions) if hasattr(embedder, "topics") else classify_subjects(emb, centroids))
+    return {s: subjects[s] / len(questions) for s in centroids}
 
 
 # --- what predicts teacher reward --------------------------------------------------------------
@@ -651,6 +659,9 @@ def analyze(cfg, *, grader, judge=None, out: str | Path | None = None) -> dict:
         "cache": {"hits": cache.hits, "misses": cache.misses},
         "variants": {label: summarize_verdicts(recs) for label, recs in by_pool.items()},
         "vendi": vendi,
+        # every column's topic mix (Base-T's is the untrained teacher's, the runs' reference line)
+        "topics": {label: topic_shares([p.problem for p in pools[label]], e, embedder, centroids)
+                   for label, e in embeddings.items()},
         "runs": [{"variant": v, "seed": s,
                   "promotions": [r["step"] for r in log if r.get("promotion")],
                   "steps": step_profile(questions_by_step(rows), embedder, centroids)}

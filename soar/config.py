@@ -243,6 +243,11 @@ class RetrainConfig:
     """Checkpoint: the first step after the steepest rise where the slope is below this share of it."""
     window: int = 200
     """Test scores are averaged over the saved checkpoints within this many steps of the chosen one."""
+    read_at: int | None = None
+    """Read every method at this step (its window from there) instead of by the checkpoint rule: the
+    same steps for every method, so no run is read in its first steps (the laptop world, whose
+    short, noisy reward curves the slope rule reads anywhere from step 2 to the end); a run shorter
+    than that is read at its last step. None: the rule."""
 
 
 @dataclass(frozen=True)
@@ -321,8 +326,9 @@ class ParallelConfig:
     visible GPU but the driver's (model.device). A cluster's nodes declare theirs (`ray start
     --num-gpus`)."""
     batch_students: int = 1
-    """Students one worker trains at once on its base (batched students, LoRA only): their answers
-    are sampled in one mixed-adapter batch. 1 trains them one after another. The same results
+    """Students one worker trains at once (batched students): LoRA, one adapter each on its base,
+    their answers sampled in one mixed-adapter batch; full, K stacked copies of a small fp32 Llama
+    in one forward and backward (soar.stacked). 1 trains them one after another. The same results
     up to float round-off from the larger batch."""
 
 
@@ -449,8 +455,11 @@ def from_dict(data: dict, *, where: str = "params") -> Config:
             raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
     if cfg.parallel.batch_students < 1:
         raise ConfigError(f"parallel.batch_students: must be >= 1, got {cfg.parallel.batch_students}")
-    if cfg.parallel.batch_students > 1 and cfg.student.adapter != "lora":
-        raise ConfigError("parallel.batch_students > 1 needs student.adapter: lora (students share one base)")
+    if cfg.parallel.batch_students > 1 and cfg.student.adapter == "full" and cfg.generation.backend != "hf":
+        raise ConfigError("parallel.batch_students > 1 with student.adapter: full samples on soar.stacked's own "
+                          "forward: it needs generation.backend: hf")
+    if cfg.retrain.read_at is not None and cfg.retrain.read_at < 1:
+        raise ConfigError(f"retrain.read_at: must be a step (>= 1) or null, got {cfg.retrain.read_at}")
     if cfg.generation.backend == "vllm":
         caps = {"teacher.max_new_tokens": cfg.teacher.max_new_tokens, "student.max_new_tokens": cfg.student.max_new_tokens,
                 "fail_at_k.max_new_tokens": cfg.fail_at_k.max_new_tokens, "retrain.max_new_tokens": cfg.retrain.max_new_tokens,

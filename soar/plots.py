@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: notebooks and DVC stages write files
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 STYLE = {"figure.dpi": 120, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
@@ -224,8 +225,6 @@ def _ci_bars(ax, x, shares: Sequence[dict], width: float, label: str, color=None
 def question_verdicts(metrics: dict, path: str | Path | None = None):
     """Paper's question-analysis table as bars: well-posed, correct (judge) and re-solve agreement
     per teacher variant (left); the judge's error taxonomy (right). Wilson 95% CIs."""
-    import numpy as np
-
     from soar.prompts import ERROR_TYPES
 
     variants = metrics["variants"]
@@ -313,6 +312,53 @@ def curriculum_drift(metrics: dict, path: str | Path | None = None):
             shape.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
         if runs:
             axes[0][0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return _finish(fig, path)
+
+
+def question_kinds(metrics: dict, path: str | Path | None = None):
+    """What each teacher writes, outer step by outer step: per kind of question (the world's exact
+    topics, or nearest MATH subjects), the share of each variant's questions, mean over seeds with
+    a band of one SD, and the base teacher's share (Base-T) as a dashed line. A teacher that learns
+    moves away from the dashed line; the shuffled control shows how far update noise alone goes."""
+    runs, base = metrics["runs"], metrics.get("topics", {}).get("Base-T", {})
+    kinds = list(dict.fromkeys(k for r in runs for s in r["steps"] for k in s["subjects"]))
+    kinds = [k for k in kinds if base.get(k, 0) >= 0.02
+             or any(s["subjects"].get(k, 0) >= 0.02 for r in runs for s in r["steps"])]
+    with plt.rc_context(STYLE):
+        cols = min(3, max(1, len(kinds)))
+        rows = -(-max(1, len(kinds)) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3 * rows), squeeze=False, sharex=True)
+        flat = [ax for row in axes for ax in row]
+        if not kinds:
+            _empty(flat[0], "no SOAR run has samples")
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        variants = list(dict.fromkeys(r["variant"] for r in runs))
+        for ax, kind in zip(flat, kinds):
+            for color, variant in zip(colors, variants):
+                curves = [{s["step"]: s["subjects"].get(kind, 0.0) for s in r["steps"] if s["subjects"]}
+                          for r in runs if r["variant"] == variant]
+                curves = [c for c in curves if c]
+                steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+                if not steps:
+                    continue
+                values = np.array([[c[x] for x in steps] for c in curves])
+                mean, sd = values.mean(0), values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(steps))
+                ax.plot(steps, mean, color=color, lw=2, label=f"{variant} ({len(curves)} seeds)")
+                ax.fill_between(steps, mean - sd, mean + sd, color=color, alpha=0.18, lw=0)
+            if kind in base:
+                ax.axhline(base[kind], color="k", ls="--", lw=1, label="base teacher")
+            ax.set_title(kind)
+            ax.set_ylim(bottom=0)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in flat[len(kinds):] if kinds else flat[1:]:
+            ax.axis("off")
+        for ax in axes[-1]:
+            ax.set_xlabel("outer step")
+        for row in axes:
+            row[0].set_ylabel("share of questions")
+        if kinds:
+            flat[0].legend(fontsize=7)
+        fig.suptitle("What each teacher writes, per outer step (mean ± SD over seeds)")
         return _finish(fig, path)
 
 

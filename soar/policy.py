@@ -123,7 +123,7 @@ class Policy:
         base, each initialised exactly as reset(seed) initialises the policy. Yields their names;
         `training(name)` makes one of them the trained one. Removed on exit."""
         if self.adapter != "lora":
-            raise ValueError("batched students need adapter: lora (full fine-tuning has one model per student)")
+            raise ValueError("LoRA students on one base need adapter: lora (batched full students: soar.stacked.Students)")
         names = [f"student{k}" for k in range(len(seeds))]
         config = self.model.peft_config[ADAPTER]
         try:

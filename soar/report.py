@@ -132,9 +132,16 @@ def benchmarks(root: Path) -> str:
     wd = _load(root / paths.BENCHMARKS / "world.json")
     if wd:
         il, u, b = wd["inner_loops"], wd["update"], wd["breakdown"]["exact"]["shares"]
-        speed = ", ".join(f"K = {k} **{v:.2f}x**" for k, v in il["speedup"].items())
-        row("World inner loop", wd, f"per student, the exact grader on 2 worker processes over in-process math-verify "
-            f"on 2 threads: {speed} (largest gain difference {max(il['max_gain_difference'].values()):.3f}); a fresh "
+        speed = ", ".join(f"K = {k} {v:.2f}x" for k, v in il["speedup"].items())
+        batched = ", ".join(f"K = {k} **{v:.2f}x**" for k, v in il.get("batched_speedup", {}).items())
+        one = wd.get("batched_full_students", {}).get("k", {})
+        alone = ", ".join(f"K = {k} {r['speedup']:.2f}x (its update at {r['update']['share_of_fp32_peak']:.0%} of the "
+                          f"1-thread GEMM peak, {r['update'].get('share_of_shape_peak', float('nan')):.0%} of its own "
+                          f"matmul shapes')" for k, r in one.items())
+        row("World inner loop", wd, f"per student, over in-process math-verify on 2 threads: the exact grader on 2 "
+            f"worker processes {speed}; each worker's students batched as one stacked model (soar.stacked) "
+            f"{batched} (largest gain difference {max(il['max_gain_difference'].values()):.3f}); batched over one "
+            f"after another on one thread: {alone}; a fresh "
             f"student {wd['fresh_student']['speedup']:.2f}x; the update at **{u['gflops']:.0f} GFLOP/s**, "
             f"{u['share_of_fp32_peak']:.0%} of the same run's fp32 GEMM peak ({wd['gemm_peak_gflops']['float32']:.0f}; "
             f"bf16 {wd['gemm_peak_gflops']['bfloat16']:.0f}); an inner loop is {b['update']:.0%} update, "
@@ -153,6 +160,33 @@ def benchmarks(root: Path) -> str:
     if not rows:
         return _missing(paths.BENCHMARKS, "`make bench`")
     return "\n".join(["| Benchmark | Result | Date | Device |", "|---|---|---|---|", *rows])
+
+
+# The comparisons the laptop world's part-2 issue names before its runs: meta-RL did the work if the
+# grounded teacher's questions beat the untrained teacher's, the shuffled-reward control's and the
+# intrinsic teacher's, and the promotion questions beat training on the hard problems alone.
+CONTRASTS = (("grounded_t-curriculum", "base_t-curriculum"), ("grounded_t-curriculum", "shuffled_t-curriculum"),
+             ("grounded_t-curriculum", "intrinsic_t-curriculum"), ("pq-curriculum", "hard_only"))
+
+
+def contrasts(m: dict) -> dict:
+    """{benchmark: {(A, B): {k: {"diff", "ci"}}}}: A - B in pass@k for each pair of CONTRASTS whose
+    models were both evaluated, from results/eval/metrics.json's per-seed per-problem scores with
+    the evaluate stage's own paired two-level bootstrap (its n_boot; the draws of vs_hard_only)."""
+    from soar.evaluation import _ci, _means, _paired
+
+    out = {}
+    for bench, table in m["benchmarks"].items():
+        out[bench] = {}
+        for a, b in CONTRASTS:
+            if a in table and b in table:
+                diffs = {}
+                for k in m["ks"]:
+                    x = _paired(table, (a, b), k)
+                    means = _means(x, m["n_boot"], 0)
+                    diffs[str(k)] = {"diff": float(x[0].mean() - x[1].mean()), "ci": _ci(means[:, 0] - means[:, 1])}
+                out[bench][(a, b)] = diffs
+    return out
 
 
 def main_table(root: Path) -> str:
@@ -184,6 +218,13 @@ def main_table(root: Path) -> str:
     lines += ["", f"pass@k in %, mean ± SD over {len(row['seeds'])} seeds; {row['problems']} test problems x "
               f"{m['n_samples']} samples each."]
     rt = _load(root / paths.RESULTS / "retrain" / "metrics.json")
+    if rt and all("died" in r for r in rt["runs"]):
+        from collections import Counter
+
+        dead, total = Counter(r["method"] for r in rt["runs"] if r["died"]), Counter(r["method"] for r in rt["runs"])
+        lines.append("Fresh students that died (learned, then fell to the format credit; kept in the means above): "
+                     + ("; ".join(f"{LABELS.get(k, k)} {dead[k]} of {total[k]}" for k in ordered(dead)) if dead
+                        else f"none of {len(rt['runs'])}") + ".")
     if rt and "wall_s" in rt and "wall_s" in m:
         lines.append(f"Compute (sums of per-run wall times, {rt['cpus']} CPU cores): retrain {rt['wall_s'] / 60:.0f} min "
                      f"({len(rt['runs'])} runs) + evaluate {m['wall_s'] / 60:.0f} min ({m['jobs']} model x seed x "
@@ -473,6 +514,20 @@ def findings(root: Path) -> str:
                       "two-level bootstrap 95% CI over seeds and test problems (**+** / **−**: the CI excludes 0; "
                       "= not shown):", "",
                       _table(["model", "pass@1", f"pass@{k}"], rows)]
+    if m and any(contrasts(m).values()):
+        from soar.evaluation import LABELS
+
+        k = str(max(m["ks"]))
+        for bench, pairs in contrasts(m).items():
+            parts = []
+            for (a_, b_), by_k in pairs.items():
+                d = by_k[k]
+                verdict = ("**above 0**" if d["ci"][0] > 0 else "**below 0**" if d["ci"][1] < 0 else "not shown")
+                parts.append(f"{LABELS.get(a_, a_)} − {LABELS.get(b_, b_)} {100 * d['diff']:+.1f} points "
+                             f"({100 * d['ci'][0]:+.1f} to {100 * d['ci'][1]:+.1f}: {verdict})")
+            if parts:
+                lines += ["", f"- **The pre-registered comparisons**, {bench} pass@{k}, paired two-level bootstrap "
+                          "95% CI (seeds, then test problems): " + "; ".join(parts) + "."]
     a = _load(root / paths.RESULTS / "analysis" / "metrics.json")
     if a:
         vendi = ", ".join(f"{name} {v['mean']:.2f} ± {v['std']:.2f}" for name, v in a["vendi"].items()

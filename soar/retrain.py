@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from soar import config, data, parallel, paths, tracking, worlds
+from soar import config, data, grading, parallel, paths, tracking, worlds
 from soar.data import Problem, seed_from
 from soar.models import pick_dtype
 from soar.policy import load_policy, make_optimizer
@@ -174,6 +174,19 @@ def select_checkpoint(rewards: Sequence[float], *, smoothing: int, fraction: flo
     return int(r.size)
 
 
+def died(rewards: Sequence[float], *, smoothing: int = 3, tail: int = 5) -> bool:
+    """A run that learned and then collapsed: its smoothed training reward once rose 0.1 above
+    the format credit (it answered some questions right), and its last `tail` steps average no
+    more than that credit + 0.02 (it answers nothing right any more, only in the box's format).
+    A run that never rose (Hard-Only on problems it never solves) did not die: it never lived.
+    Counted per method beside the main table, never averaged away."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.size <= tail:
+        return False
+    floor = grading.REWARD_BOXED
+    return bool(centred_average(r, smoothing).max() > floor + 0.1 and r[-tail:].mean() <= floor + 0.02)
+
+
 def window_checkpoints(saved: Sequence[int], chosen: int, window: int) -> list[int]:
     """The saved checkpoints whose test scores are averaged: those in the `window` steps from the
     chosen step on (chosen <= s < chosen + window; paper: a 200-step window after the chosen
@@ -186,11 +199,15 @@ def window_checkpoints(saved: Sequence[int], chosen: int, window: int) -> list[i
 def choose_checkpoints(rewards: Sequence[float], saved: Sequence[int], run: dict, rc, *,
                        pool: str | None = None) -> tuple[int, list[int]]:
     """(chosen step, the saved checkpoints whose test scores are averaged) of one run: the
-    checkpoint rule on its hard-set part and the window after it, or, for a pool in READ_AT, the
-    checkpoint at that step (the nearest saved one to it, capped at the run's length)."""
+    checkpoint rule on its hard-set part and the window after it; with retrain.read_at, that step
+    and the window after it, for every method alike; for a pool in READ_AT, the checkpoint at
+    that step (the nearest saved one to it, capped at the run's length)."""
     if pool in READ_AT:
         step = min(READ_AT[pool], len(rewards))
         return step, [min(saved, key=lambda s: (abs(s - step), s))]
+    if rc.read_at is not None:
+        step = min(rc.read_at, len(rewards))
+        return step, window_checkpoints(saved, step, rc.window)
     chosen = select_checkpoint(rewards, smoothing=rc.smoothing, fraction=rc.slope_fraction,
                                synthetic_steps=run["synthetic_steps"])
     return chosen, window_checkpoints(saved, chosen, rc.window)
@@ -202,7 +219,8 @@ def kept_checkpoints(cfg, pool: str) -> int:
     the rewards; the count differs only near the end of a run)."""
     rc = cfg.retrain
     saved = checkpoint_steps(rc.steps, rc.eval_every)
-    return 1 if pool in READ_AT else len(window_checkpoints(saved, saved[len(saved) // 2], rc.window))
+    middle = rc.read_at if rc.read_at is not None else saved[len(saved) // 2]
+    return 1 if pool in READ_AT else len(window_checkpoints(saved, middle, rc.window))
 
 
 def disk_use(cfg, *, params: float, promotions: int = 4) -> dict[str, float]:
@@ -292,8 +310,8 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
         rewards = [row["student/reward_mean"] for row in tracking.read_log(out / "metrics.jsonl")]
         chosen, window = choose_checkpoints(rewards, old["saved"], run, rc, pool=pool)
         if all(checkpoint_file(checkpoints, s).exists() for s in window):  # still here (not in git): skip
-            if (old["chosen_step"], old["eval_checkpoints"]) != (chosen, window):
-                old = dict(old, chosen_step=chosen, eval_checkpoints=window)
+            if (old["chosen_step"], old["eval_checkpoints"], old.get("died")) != (chosen, window, died(rewards)):
+                old = dict(old, chosen_step=chosen, eval_checkpoints=window, died=died(rewards))
                 data.write_json(done, old)
             keep_checkpoints(checkpoints, window)  # those of an earlier choice, or of a killed cleanup
             return old
@@ -318,7 +336,7 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
     chosen, window = choose_checkpoints(rewards, saved, run, rc, pool=pool)
     result = {"fingerprint": fp, "method": run["method"], "rng_seed": seed, "steps": len(rewards),
               "saved": saved, "chosen_step": chosen, "eval_checkpoints": window,
-              "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1], "run": run,
+              "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1], "died": died(rewards), "run": run,
               "wall_s": time.perf_counter() - start}
     data.write_json(done, result)  # last, atomically: its presence means the run is complete
     keep_checkpoints(checkpoints, window)

@@ -271,12 +271,17 @@ def generate(
     temperature 0 is greedy decoding. Returns one list of n Samples per prompt, in order.
     Sample j of prompt i draws from seed_from(*keys[i], j); keys default to (seed, i), so a
     prompt's samples depend on its key only. adapters: per prompt, the name of the LoRA adapter
-    of a peft model that answers it ("__base__": none); None uses the model as it is.
+    of a peft model that answers it ("__base__": none); None uses the model as it is. A
+    soar.stacked.Students model (batched full students) samples on its own forward, each prompt
+    answered by the student adapters[i] names (its index), batch_size and backend aside.
     """
     keys = [(seed, i) for i in range(len(prompts))] if keys is None else [tuple(k) for k in keys]
     if len(keys) != len(prompts) or (adapters is not None and len(adapters) != len(prompts)):
         raise ValueError(f"{len(prompts)} prompts need as many keys and adapters, got {len(keys)} and "
                          f"{None if adapters is None else len(adapters)}")
+    if getattr(model, "batched_students", False):  # soar.stacked.Students: adapters[i] is prompt i's student
+        return model.generate(tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, keys=keys, students=adapters, stop=stop)
     if backend == "vllm":
         return _generate_vllm(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_p=top_p, stop=stop, keys=keys, adapters=adapters)

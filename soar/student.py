@@ -3,8 +3,9 @@
 `evaluate_student` samples answers and counts verified ones per problem; the fail@k filter, the
 teacher's grounded reward (greedy accuracy on Q_R) and pass@k evaluation all use it, with the
 same student prompt. `train_student` is the inner loop: a fresh copy of the baseline student
-trained with RLOO on one teacher dataset. `train_students` runs several inner loops at once on
-one base (batched students: one LoRA adapter each, their answers sampled in one batch).
+trained with RLOO on one teacher dataset. `train_students` runs several inner loops at once
+(batched students: one LoRA adapter each on one base, their answers sampled in one batch; or,
+under full fine-tuning, the slices of one soar.stacked.Students).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from soar import grading, prompts, rl
 from soar.data import Problem, seed_from
 from soar.policy import make_optimizer, update
 from soar.sampling import Sample, generate
+from soar.stacked import Students
 
 
 @dataclass
@@ -127,18 +129,28 @@ def rl_step(policy, optimizer, scheduler, questions: Sequence[Problem], cfg, *, 
 def reinforce(policy, optimizer, scheduler, questions: Sequence[Problem], samples: list[list[Sample]], cfg, *,
               grader) -> dict:
     """Steps 2-4 of an RLOO step, on G sampled answers per question (samples[q])."""
+    rewards, advantages = group_rewards(questions, samples, grader=grader)
+    # 4. one policy-gradient step on all Q*G completions
+    stats = update(policy, optimizer, scheduler, [s for row in samples for s in row], advantages.flatten(),
+                   kl_coef=cfg.kl_coef, max_grad_norm=cfg.max_grad_norm, micro_batch=cfg.micro_batch)
+    return step_stats(rewards, stats)
+
+
+def group_rewards(questions: Sequence[Problem], samples: list[list[Sample]], *, grader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-3 of an RLOO step: the shaped reward of every answer against its question's answer,
+    and leave-one-out advantages per question. -> (rewards, advantages), each (Q, G)."""
     samples_per_question = len(samples[0])
-    # 2. shaped reward against the question's answer, 3. leave-one-out advantages per question
     flat = grading.student_rewards([s.text for row in samples for s in row],
                                    [q.answers or q.answer for q, row in zip(questions, samples) for _ in row],
                                    grader=grader, multiple=[q.multiple for q, row in zip(questions, samples) for _ in row])
     rewards = torch.tensor(flat).view(len(questions), samples_per_question)  # (Q, G)
-    advantages = rl.rloo_advantages(rewards)  # (Q, G)
-    # 4. one policy-gradient step on all Q*G completions
-    stats = update(policy, optimizer, scheduler, [s for row in samples for s in row], advantages.flatten(),
-                   kl_coef=cfg.kl_coef, max_grad_norm=cfg.max_grad_norm, micro_batch=cfg.micro_batch)
+    return rewards, rl.rloo_advantages(rewards)
+
+
+def step_stats(rewards: torch.Tensor, update_stats: dict) -> dict:
+    """An RLOO step's metrics row: its rewards' group statistics and its update's."""
     return {**{f"student/{k}": v for k, v in rl.group_stats(rewards).items()},
-            **{f"student/{k}": v for k, v in stats.items()}}
+            **{f"student/{k}": v for k, v in update_stats.items()}}
 
 
 def train_student(policy, dataset: Sequence[Problem], cfg, *, steps: int, seed: int, grader,
@@ -164,26 +176,24 @@ def train_student(policy, dataset: Sequence[Problem], cfg, *, steps: int, seed: 
 @contextlib.contextmanager
 def train_students(policy, datasets: Sequence[Sequence[Problem]], cfg, *, steps: int, seeds: Sequence[int], grader,
                    generation):
-    """Batched students: train_student for every (datasets[k], seeds[k]) at once on one base.
-    Each student is its own LoRA adapter (policy.students); every RLOO step samples all their
-    answers in one mixed-adapter batch, then updates each student with its own AdamW. Student k
-    draws the samples train_student would draw (same seed keys), so its result is
-    train_student's up to float round-off from the larger batch.
+    """Batched students: train_student for every (datasets[k], seeds[k]) at once from one baseline.
+    Under LoRA each student is its own adapter on the policy's base (policy.students), its answers
+    sampled in one mixed-adapter batch, then updated with its own AdamW; under full fine-tuning the
+    students are the slices of one soar.stacked.Students (one forward, one backward and one
+    elementwise AdamW for all, each clipped by its own gradient norm). Student k draws the samples
+    train_student would draw (same seed keys), so its result is train_student's up to float
+    round-off from the larger batch.
 
-    A context manager: yields (adapter names, [StudentRun]); the trained students stay on the
-    base until the block ends, to be evaluated together (generate's `adapters`).
+    A context manager: yields (model, names, [StudentRun]); generate(model, ..., adapters=names)
+    answers with the trained students (LoRA: they stay on the base until the block ends).
     cfg: StudentConfig; generation: GenerationConfig."""
     per_step = cfg.questions_per_step
     plans = [question_schedule(len(d), steps, per_step, s) for d, s in zip(datasets, seeds)]
-    with policy.students([seed_from(s, 0) for s in seeds]) as names:
-        optimizers = []
-        for name in names:
-            with policy.training(name):
-                optimizers.append(make_optimizer(policy, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=steps))
+    with _batched(policy, seeds, cfg, steps, grader) as (model, names, learn, state):
         histories: list[list[dict]] = [[] for _ in names]
         for step in range(steps):
             batches = [[d[i] for i in plan[step]] for d, plan in zip(datasets, plans)]
-            samples = generate(policy.model, policy.tokenizer,
+            samples = generate(model, policy.tokenizer,
                                [prompts.student_messages(q.problem) for batch in batches for q in batch],
                                n=cfg.samples_per_question, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, top_p=generation.top_p, batch_size=generation.batch_size,
@@ -191,11 +201,43 @@ def train_students(policy, datasets: Sequence[Sequence[Problem]], cfg, *, steps:
                                keys=[(seed_from(s, 1, step), i) for s, batch in zip(seeds, batches)
                                      for i in range(len(batch))],
                                adapters=[name for name, batch in zip(names, batches) for _ in batch])
-            start = 0
-            for k, (name, batch) in enumerate(zip(names, batches)):
+            own = [samples[k * per_step : (k + 1) * per_step] for k in range(len(names))]  # each student's answers
+            for history, stats in zip(histories, learn(batches, own)):
+                history.append({"step": step, **stats})
+        yield model, names, [StudentRun(state(k), history) for k, history in enumerate(histories)]
+
+
+@contextlib.contextmanager
+def _batched(policy, seeds: Sequence[int], cfg, steps: int, grader):
+    """The students of train_students: yields (model, names, learn, state): generate(model, ...,
+    adapters=names) samples them, learn(batches, samples) makes one RLOO step of every student
+    (-> its metrics row each), state(k) is student k's trained state."""
+    if policy.adapter == "full":
+        with policy.reference() as base:  # fresh full copies of the baseline (a full reset draws nothing)
+            students = Students(base, len(seeds))
+            reference = Students(base, len(seeds), trainable=False) if cfg.kl_coef else None
+        optimizer, scheduler = make_optimizer(students, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=steps)
+
+        def learn(batches, samples):
+            scored = [group_rewards(b, s, grader=grader) for b, s in zip(batches, samples)]
+            stats = students.update(optimizer, scheduler, [[x for row in s for x in row] for s in samples],
+                                    [advantages.flatten() for _, advantages in scored], kl_coef=cfg.kl_coef,
+                                    max_grad_norm=cfg.max_grad_norm, reference=reference)
+            return [step_stats(rewards, s) for (rewards, _), s in zip(scored, stats)]
+
+        yield students, list(range(len(seeds))), learn, students.state
+        return
+    with policy.students([seed_from(s, 0) for s in seeds]) as names:
+        optimizers = []
+        for name in names:
+            with policy.training(name):
+                optimizers.append(make_optimizer(policy, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=steps))
+
+        def learn(batches, samples):
+            out = []
+            for name, optimizer, batch, own in zip(names, optimizers, batches, samples):
                 with policy.training(name):
-                    stats = reinforce(policy, *optimizers[k], batch, samples[start : start + len(batch)], cfg,
-                                      grader=grader)
-                histories[k].append({"step": step, **stats})
-                start += len(batch)
-        yield names, [StudentRun(policy.student_state(name), history) for name, history in zip(names, histories)]
+                    out.append(reinforce(policy, *optimizer, batch, own, cfg, grader=grader))
+            return out
+
+        yield policy.model, names, learn, lambda k: policy.student_state(names[k])

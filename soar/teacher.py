@@ -124,7 +124,7 @@ def q_r_score(model, tokenizer, q_r: list[Problem], cfg, *, grader) -> float:
 
 def q_r_scores(model, tokenizer, q_r: list[Problem], cfg, *, grader, adapters=(None,)) -> list[float]:
     """q_r_score of each adapter's student on one base (None: the model as it is), every greedy
-    answer in one batch (batched students)."""
+    answer in one batch (batched students; adapters: their names, or indexes of a soar.stacked.Students)."""
     mixed = list(adapters) != [None]
     ev = evaluate_student(model, tokenizer, q_r * len(adapters), n_samples=1, grader=grader,
                           max_new_tokens=cfg.student.max_new_tokens, temperature=0.0,
@@ -179,10 +179,9 @@ def inner_loops(worker: Worker, jobs: list[InnerJob]) -> list[dict]:
         chunk, clock = jobs[start : start + size], time.perf_counter()
         with train_students(worker.student, [job.problems for job in chunk], cfg.student, steps=steps,
                             seeds=[seed_from(job.seed, job.student) for job in chunk], grader=worker.grader,
-                            generation=cfg.generation) as (names, runs):
+                            generation=cfg.generation) as (model, names, runs):
             train_s, clock = time.perf_counter() - clock, time.perf_counter()
-            scores = q_r_scores(worker.student.model, worker.student.tokenizer, q_r, cfg, grader=worker.grader,
-                                adapters=names)
+            scores = q_r_scores(model, worker.student.tokenizer, q_r, cfg, grader=worker.grader, adapters=names)
             eval_s = time.perf_counter() - clock
         results += [{"gain": score - job.baseline_score, "state": run.state, "train_s": train_s / len(chunk),
                      "eval_s": eval_s / len(chunk)} for job, score, run in zip(chunk, scores, runs)]  # time shared evenly

@@ -332,3 +332,22 @@ def test_dataset_features_follow_the_question_ids_not_the_text():
               probs[1].id: {"verdict": {"well_posed": False}, "resolve_correct": False}}
     feats = analysis.dataset_features(rows, judged, "grounded/seed0")
     assert feats == [{"step": 0, "dataset": 0, "reward": 0.5, "well_posed": 0.5, "correct": 0.5}]
+
+
+def test_topic_shares_are_exact_for_the_addition_world_and_the_figure_draws_every_kind(tmp_path):
+    """The addition world's kernel names each question's level exactly; question_kinds draws one
+    panel per kind with every variant's seed mean and the base teacher's share."""
+    from soar import addition, plots
+
+    embedder = addition.StructureEmbedder()
+    qs = ["1000+1000", "9000+1000", "2000+3000", "not a question"]
+    centroids = dict.fromkeys(addition.TOPICS)
+    shares = analysis.topic_shares(qs, analysis.embed(embedder, qs), embedder, centroids)
+    assert shares["level 0"] == 0.5 and shares["level 1"] == 0.25 and shares["ill-posed"] == 0.25
+    assert analysis.topic_shares([], None, embedder, centroids) == {}
+    runs = [{"variant": v, "seed": s, "promotions": [],
+             "steps": [{"step": t, "subjects": {"level 0": 0.1 * t + s / 100, "level 1": 0.5}} for t in range(3)]}
+            for v in ("grounded", "shuffled") for s in (0, 1)]
+    png = tmp_path / "kinds.png"
+    plots.question_kinds({"runs": runs, "topics": {"Base-T": {"level 0": 0.2, "level 1": 0.5}}}, png)
+    assert png.exists() and png.with_suffix(".pdf").exists()

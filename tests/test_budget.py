@@ -23,14 +23,14 @@ def test_retrain_counts_every_run_and_the_group_factor():
 
 def test_evaluate_counts_models_seeds_and_the_window_checkpoints():
     cfg = _cfg(retrain={"methods": ["hard_only", "oracle"], "seeds": [0, 1, 2], "steps": 8, "eval_every": 2,
-                        "window": 4},
+                        "window": 4, "read_at": None},
                evaluate={"n_samples": 4, "max_new_tokens": 10})
     assert kept_checkpoints(cfg, "math_test") == 2  # saved 2, 4, 6, 8; the window [6, 10) holds 6, 8
     models = 2 + 2 * 2  # base and PS once, each fresh student at 2 checkpoints
     w = budget.evaluate_work(cfg, {"a": 5, "b": 3})  # extra benchmarks: tested with the first pool's students
     assert (w.sampled, w.trained) == (8 * 4 * 10 * models * 3, 0)
     olympiad = _cfg(retrain={"methods": ["hard_only", "oracle"], "seeds": [0, 1, 2], "steps": 8, "eval_every": 2,
-                             "window": 4},
+                             "window": 4, "read_at": None},
                     evaluate={"n_samples": 4, "max_new_tokens": 10}, fail_at_k={"pools": ["math_test", "olympiadbench"]})
     w = budget.evaluate_work(olympiad, {"math_test": 5, "olympiadbench": 3})  # OlympiadBench students: read at one step
     assert w.sampled == (5 * models + 3 * (2 + 2 * 1)) * 4 * 10 * 3

@@ -111,8 +111,10 @@ def test_fingerprint_ignores_which_runs_exist_but_not_what_a_run_computes():
         ({"profile": "nope"}, "has no file"),
         ({"soar": {"reward": "grounde"}}, "soar.reward: 'grounde' is not one of"),
         ({"generation": {"backend": "sglang"}}, "generation.backend: 'sglang' is not one of ['hf', 'vllm']"),
-        ({"generation": {"backend": "vllm", "max_model_len": 200}, "student": {"max_new_tokens": 200}},
+        ({"generation": {"backend": "vllm", "max_model_len": 200}, "student": {"max_new_tokens": 200},
+          "parallel": {"batch_students": 1}},
          "generation.max_model_len: 200 leaves no room for a prompt before student.max_new_tokens=200"),
+        ({"generation": {"backend": "vllm"}}, "parallel.batch_students > 1 with student.adapter: full samples on soar.stacked"),
     ],
 )
 def test_bad_params_are_rejected_with_the_key(override, message):

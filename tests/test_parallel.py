@@ -126,7 +126,8 @@ def test_ray_actors_take_each_promotion_once_and_never_the_drivers_gpu(tmp_path,
         first = ex.map(probe, range(4), local=local, promotions=promotions)
         assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible  # only Ray's processes were told
         student.merge(promotions[0]["state"])
-        assert [gpu for gpu, _, _ in first] == ["5", "6", "5", "6"]  # round-robin, off the driver's GPU
+        gpus = [gpu for gpu, _, _ in first]  # which actor Ray gave which GPU is its choice, not ours
+        assert sorted(gpus[:2]) == ["5", "6"] and gpus[2:] == gpus[:2]  # round-robin, off the driver's GPU
         assert len({pid for _, pid, _ in first}) == 2 and {d for *_, d in first} == {driver_base()}
         import ray
 

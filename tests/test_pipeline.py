@@ -74,7 +74,7 @@ def test_every_stage_writes_its_outputs(project):
                 "results/analysis/metrics.json", "results/analysis/verdicts.jsonl", "results/tables/questions.md",
                 "results/notebooks/05_analyze_questions.ipynb", "results/figures/question_verdicts.png",
                 "results/figures/vendi.png", "results/figures/curriculum_drift.png", "results/figures/step_diversity.png",
-                "results/notebooks/06_figures.ipynb", "results/figures/teacher_reward.pdf",
+                "results/notebooks/06_figures.ipynb", "results/figures/teacher_reward.pdf", "results/figures/question_kinds.png",
                 "results/figures/baseline_promotions.png", "results/figures/main_table_bars.png",
                 "results/figures/oracle_share.png", "results/sweep/tau0.01-n1/metrics.json",
                 "results/notebooks/02_train_soar-sweep-tau0.01-n1.ipynb", "results/figures/sensitivity.png"):

@@ -181,6 +181,11 @@ def test_difference_to_hard_only_is_paired_over_test_problems():
     assert d["diff"] == pytest.approx(0.25)  # seed-averaged: problems 0 and 1 at 1/2 each, over 4 problems
     assert 0.0 <= d["ci"][0] <= 0.25 <= d["ci"][1] <= 0.5  # paired: problems 2-3 never differ
     assert "hard_only" not in m["vs_hard_only"]["addition_test"]
+    # the pre-registered contrasts (rendered by soar.report): only pairs whose models were both
+    # evaluated; the same paired bootstrap, so PQ - Hard-Only is the vs_hard_only number
+    from soar import report
+
+    assert report.contrasts(m) == {"addition_test": {("pq-curriculum", "hard_only"): m["vs_hard_only"]["addition_test"]["pq-curriculum"]}}
 
 
 def test_a_difference_carried_by_one_seed_is_not_shown():
@@ -445,3 +450,30 @@ def test_promoted_student_is_the_promoted_student_best_on_d_train(tmp_path, monk
     ps = retrain.promoted_student(cfg, grader=None)
     assert (ps.promotions, ps.d_train_scores) == (2, [0.1, 0.3, 0.2])
     assert ps.digest == retrain.weights_digest([p["state"] for p in promotions[:2]])
+
+
+def test_read_at_reads_every_method_at_the_same_steps():
+    """retrain.read_at: every method's test is read at that step and the window after it, whatever
+    its reward curve (the rule would read a curve that rises early in its first steps)."""
+    cfg = config.load("params.yaml", {"retrain": {"read_at": 30, "window": 11, "steps": 40, "eval_every": 5}})
+    rc = cfg.retrain
+    saved = retrain.checkpoint_steps(rc.steps, rc.eval_every)
+    early = [0.0, 0.9] + [1.0] * 38  # the rule stops at its plateau, step 2
+    for name in ("hard_only", "pq-curriculum"):
+        run = retrain.run_config(name, cfg)
+        assert retrain.choose_checkpoints(early, saved, run, rc) == (30, [30, 35, 40])
+    rule = config.load("params.yaml", {"retrain": {"read_at": None}}).retrain
+    assert retrain.choose_checkpoints(early, saved, retrain.run_config("hard_only", cfg), rule)[0] < 10
+    assert retrain.kept_checkpoints(cfg, "addition_test") == 3
+    short = config.load("params.yaml", {"retrain": {"read_at": 30, "steps": 20, "eval_every": 5}}).retrain
+    assert retrain.choose_checkpoints(early[:20], [5, 10, 15, 20], run, short) == (20, [20])  # its last step
+    with pytest.raises(config.ConfigError, match="retrain.read_at"):
+        config.load("params.yaml", {"retrain": {"read_at": 0}})
+
+
+def test_a_run_that_learned_then_collapsed_to_the_format_credit_died():
+    learned_then_lost = [0.1, 0.3, 0.5, 0.6, 0.4, 0.2] + [0.1] * 8
+    assert retrain.died(learned_then_lost)
+    assert not retrain.died([0.1] * 40)  # never rose (Hard-Only on problems it never solves): never lived
+    assert not retrain.died([0.1, 0.3, 0.5, 0.6] + [0.5] * 10)  # still answers
+    assert not retrain.died([0.1, 0.5, 0.1])  # too short to tell

@@ -100,7 +100,7 @@ def test_batched_students_train_as_if_one_after_another(grader, monkeypatch):
              for d, s in ((DATASET, 0), (other, 1))]
     alone_seen, seen[:] = seen[:], []
     with train_students(policy, [DATASET, other], cfg, steps=2, seeds=[0, 1], grader=grader,
-                        generation=GEN) as (names, together):
+                        generation=GEN) as (_, names, together):
         assert len(names) == 2 and set(names) <= set(policy.model.peft_config)
     assert list(policy.model.peft_config) == ["default"], "the batch's adapters are removed"
     assert seen == [alone_seen[0], alone_seen[2], alone_seen[1], alone_seen[3]]  # step by step, both students

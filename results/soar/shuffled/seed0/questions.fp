@@ -1,1 +1,1 @@
-e5c5c3cce9e13bcd/12/64
+e76f5cad6be7ef4e/12/64
