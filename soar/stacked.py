@@ -48,6 +48,7 @@ class Students:
         self.inv_freq, self.rope_scale = rotary.inv_freq.float(), rotary.attention_scaling
         self.generation_config = model.generation_config  # its EOS ids (soar.sampling.eos_ids)
         self.pad = cfg.pad_token_id or 0
+        self.padding_idx = model.model.embed_tokens.padding_idx  # HF Llama: the pad id; its row is frozen as an input
         self.weights = {n: p.detach()[None].repeat(count, *[1] * p.dim()).requires_grad_(trainable)
                         for n, p in model.named_parameters()}  # HF names, so state(k) loads as Policy.state()
         self.device = self.inv_freq.device
@@ -86,6 +87,8 @@ class Students:
         embed = self.weights["model.embed_tokens.weight"]  # [K, V, hidden]
         offset = torch.arange(K, device=ids.device)[:, None, None] * embed.shape[1]  # student k's rows of the flat table
         x = F.embedding(ids + offset, embed.reshape(-1, embed.shape[-1]))  # [K, R, T, hidden]
+        if self.padding_idx is not None:  # nn.Embedding(padding_idx=): a sampled pad token's input row gets no gradient
+            x = torch.where((ids == self.padding_idx)[..., None], x.detach(), x)
         freqs = pos[..., None].float() * self.inv_freq  # LlamaRotaryEmbedding, per position
         emb = torch.cat((freqs, freqs), -1).reshape(K * R, 1, T, D)
         cos, sin = emb.cos() * self.rope_scale, emb.sin() * self.rope_scale
