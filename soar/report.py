@@ -514,11 +514,12 @@ def findings(root: Path) -> str:
                       "two-level bootstrap 95% CI over seeds and test problems (**+** / **−**: the CI excludes 0; "
                       "= not shown):", "",
                       _table(["model", "pass@1", f"pass@{k}"], rows)]
-    if m and any(contrasts(m).values()):
+    pre = contrasts(m) if m else {}  # one bootstrap per pair: computed once
+    if any(pre.values()):
         from soar.evaluation import LABELS
 
         k = str(max(m["ks"]))
-        for bench, pairs in contrasts(m).items():
+        for bench, pairs in pre.items():
             parts = []
             for (a_, b_), by_k in pairs.items():
                 d = by_k[k]
