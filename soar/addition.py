@@ -5,14 +5,20 @@ What it is. Problems are additions of two 4-digit numbers written least-signific
 digits it depends on): `4321+8765` means 1234 + 5678 and its answer is `2196` (6912 reversed).
 A problem's *level* is its number of carries, 0..4: the difficulty ladder. The model is a
 ~1M-parameter Llama trained from scratch by the `pretrain` stage on a corpus in which
-- as a *student* it sees solved problems of levels 0 and 1 only (`pretrain.student_levels`), so it
-  solves those and generalizes only partly to more carries; fail@k keeps the problems it solves 0
-  of k times (the hard sets: mostly level 4, some of levels 2-3);
-- as a *teacher* it writes question-answer pairs of every level, with correct answers (its latent
-  capacity: it writes correct level-4 pairs far more often than it solves level-4 problems).
+- as a *teacher* it writes question-answer pairs with correct answers (levels weighted by
+  `pretrain.teacher_levels`);
+- as a *student* it sees every level, but each carry of an answer is kept only with probability
+  `pretrain.carry_kept` (q) and dropped otherwise: a misconception that cross-entropy fits, so at
+  temperature 1 it solves a level-c problem about q^c of the time, in every pretraining seed (a
+  premise made by what pretraining fails to generalize was a coin toss of the seed). The student
+  prompt frames the problem as the teacher frames its own questions, so one circuit serves both
+  modes; the first `pretrain.clean_steps` are all right, so both modes learn to add first.
+With q = 0.05 the hard kind (level 4, fail@k's `levels`) is never right in the base model's
+samples, level 2 (~0.2%) is a stepping stone, and the teacher writes correct level-2 pairs.
 SOAR's questions can then be asked exactly: which levels does a teacher trained on the student's
 gain learn to write, how often are its answers right, and do its questions lift the hard problems
-from 0? The design was chosen on the train pool only (notebooks/design_world.ipynb, `make design`).
+from 0? The design was chosen on the train pool only, by pre-registered gates
+(docs/world-design.md; the first design's notebook: notebooks/design_world.ipynb, `make design`).
 
 What this module owns: the seeded problem family and its pools, the tokenizer (a real
 `transformers` fast tokenizer whose chat template reads the SOAR student and teacher prompts of
@@ -143,12 +149,14 @@ def read(question: str, answer: str | None) -> Reading:
     return Reading(True, carries(a, b), ok, (len(m.group(1)), len(m.group(2))), rev(a + b))
 
 
-def beginner_answer(a: int, b: int) -> int:
-    """The sum with every carry dropped (column sums mod 10): the teacher corpus's answer above
-    the levels the model is taught to solve."""
-    out, i = 0, 0
-    while a or b:
-        out += ((a % 10 + b % 10) % 10) * 10**i
+def written_sum(a: int, b: int, keep=lambda: True) -> int:
+    """a + b added column by column, each carry added only where keep() says so: the sum (always),
+    the beginner's answer (never: column sums mod 10), or the world's misconception (a carry kept
+    with probability q). A dropped carry still happened: the next column's carry is the true one."""
+    out, i, carry = 0, 0, 0
+    while a or b or carry:
+        out += ((a % 10 + b % 10 + (carry if carry and keep() else 0)) % 10) * 10**i
+        carry = int(a % 10 + b % 10 + carry >= 10)
         a, b, i = a // 10, b // 10, i + 1
     return out
 
@@ -168,13 +176,15 @@ def student_prompt_parts() -> tuple[str, str]:
 
 def chat_template() -> str:
     """Reads exactly the two SOAR prompts of soar.prompts: the student prompt becomes
-    `<s><solve>PROBLEM<sep>`, the teacher prompt `<s><teach><sep>`. Anything else (the judge prompt,
+    `<s><solve><question>PROBLEM</question><answer>` (the frame of the teacher's own pairs, so an
+    answer digit sits at the same distance from its operand digits in both modes: RoPE is relative,
+    and one circuit serves both), the teacher prompt `<s><teach><sep>`. Anything else (the judge prompt,
     a one-shot teacher prompt) is an error: this model was never taught to read it."""
     prefix, suffix = student_prompt_parts()
     return (
         "{%- set m = messages[-1]['content'] -%}"
         f"{{%- if messages|length == 1 and m.startswith({_literal(prefix)}) and m.endswith({_literal(suffix)}) -%}}"
-        f"<s><solve>{{{{ m[{len(prefix)}:m|length - {len(suffix)}] }}}}<sep>"
+        f"<s><solve><question>{{{{ m[{len(prefix)}:m|length - {len(suffix)}] }}}}</question><answer>"
         f"{{%- elif messages|length == 1 and m == {_literal(prompts.TEACHER_PROMPT)} -%}}"
         "<s><teach><sep>"
         "{%- else -%}"
@@ -216,27 +226,32 @@ def model_config(tokenizer, *, hidden: int = 128, layers: int = 4, heads: int = 
 # ---------------------------------------------------------------- pretraining corpus and loop
 
 
-def _student_text(a: int, b: int) -> tuple[str, str]:
-    return f"<s><solve>{rev(a)}+{rev(b)}<sep>", f"\\boxed{{{rev(a + b)}}}</s>"
+def _student_text(a: int, b: int, keep) -> tuple[str, str]:
+    return (f"<s><solve><question>{rev(a)}+{rev(b)}</question><answer>",
+            f"\\boxed{{{rev(written_sum(a, b, keep))}}}</s>")
 
 
 def _teacher_text(a: int, b: int, level: int, c) -> tuple[str, str]:
-    ans = a + b if level <= c.solved_up_to else beginner_answer(a, b)
+    ans = a + b if level <= c.solved_up_to else written_sum(a, b, keep=lambda: False)
     return "<s><teach><sep>", f"<question>{rev(a)}+{rev(b)}</question><answer>\\boxed{{{rev(ans)}}}</answer></s>"
 
 
-def corpus_batch(rng: random.Random, n: int, c) -> list[tuple[str, str]]:
+def corpus_batch(rng: random.Random, n: int, c, *, carry_kept: float | None = None) -> list[tuple[str, str]]:
     """n (prompt, completion) texts of the corpus described by c (config.PretrainConfig); the loss
-    is on the completion only."""
+    is on the completion only. In a student example each carry is kept with probability
+    carry_kept (default c.carry_kept); a teacher example is right (up to c.solved_up_to)."""
+    q = c.carry_kept if carry_kept is None else carry_kept
+    keep = lambda: rng.random() < q  # noqa: E731
+    teacher_levels = c.teacher_levels or [1.0] * len(LEVELS)  # levels past a list never appear
     out = []
     for _ in range(n):
         if rng.random() < c.teacher_share:
-            level = rng.choice(LEVELS)
+            level = rng.choices(range(len(teacher_levels)), weights=teacher_levels)[0]
             a, b = make_problem(rng, level)
             out.append(_teacher_text(a, b, level, c))
         else:
             level = rng.choices(range(len(c.student_levels)), weights=c.student_levels)[0]
-            out.append(_student_text(*make_problem(rng, level)))
+            out.append(_student_text(*make_problem(rng, level), keep))
     return out
 
 
@@ -286,8 +301,10 @@ def _pretrain(cfg, out: Path, *, seed: int, progress: bool, on_step) -> dict:
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     curve, t0 = [], time.perf_counter()
     model.train()
-    for _ in (bar := trange(cfg.steps, desc="pretrain", disable=not progress, mininterval=5)):
-        ids, attn, mask = _encode(tokenizer, corpus_batch(rng, cfg.batch, cfg))
+    for step in (bar := trange(cfg.steps, desc="pretrain", disable=not progress, mininterval=5)):
+        # the first clean_steps learn addition in both modes; then the misconception is fitted
+        kept = 1.0 if step < cfg.clean_steps else cfg.carry_kept
+        ids, attn, mask = _encode(tokenizer, corpus_batch(rng, cfg.batch, cfg, carry_kept=kept))
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (B, T-1, V)
         target = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))

@@ -54,11 +54,19 @@ class PretrainConfig:
     lr: float = 3e-3
     """Peak learning rate."""
     student_levels: tuple[float, ...] = (0.8, 0.2)
-    """Share of each level (number of carries) among the solved student examples; levels past
-    the list never appear solved, so the base model only partly generalizes to them (the hard
-    sets are its 0-of-k problems)."""
+    """Share of each level (number of carries) among the student (solve) examples; levels past
+    the list never appear."""
+    carry_kept: float = 1.0
+    """Probability that a student example keeps each of its carries (else the column is written
+    without it): the student's misconception, fitted by cross-entropy, so at temperature 1 a
+    problem with c carries is solved about carry_kept**c of the time (1.0: always right)."""
+    clean_steps: int = 0
+    """Steps at the start whose student examples are all right (carry_kept 1): the model learns
+    addition in both modes before it fits the misconception."""
     teacher_share: float = 0.5
-    """Share of teacher examples: a question of a uniformly drawn level with its answer."""
+    """Share of teacher examples: a question of a level drawn by teacher_levels, with its answer."""
+    teacher_levels: tuple[float, ...] = ()
+    """Weights of the levels of teacher examples (empty: uniform)."""
     solved_up_to: int = 4
     """Highest level whose answer the teacher corpus writes correctly; above it the carries are
     dropped (the answer a beginner writes)."""

@@ -99,7 +99,9 @@ def schedule(synthetic: Sequence[Problem], hard: Sequence[Problem], run: dict, *
 
     curriculum: `synthetic_steps` steps over the synthetic questions, then the hard train split;
     mixed: every step drawn from one shuffled mixture; hard: the hard train split only.
-    Within a source, passes over seeded permutations (every question once before any repeats)."""
+    Within a source, passes over seeded permutations (every question once before any repeats).
+    A SOAR run that never promoted has no PQ: its PQ students train on the hard split alone (what
+    the run gave them), not a crash; their logged synthetic share is 0."""
     steps, per_step = run["steps"], run["questions_per_step"]
 
     def batches(pool: Sequence[Problem], n_steps: int, salt: int) -> list[list[Problem]]:
@@ -107,6 +109,8 @@ def schedule(synthetic: Sequence[Problem], hard: Sequence[Problem], run: dict, *
             raise ValueError(f"method {run['method']!r} needs questions it does not have")
         return [[pool[i] for i in b] for b in question_schedule(len(pool), n_steps, per_step, seed_from(seed, salt))]
 
+    if not synthetic and run["data"] == "pq":
+        return batches(hard, steps, 1)
     if run["schedule"] == "curriculum":
         first = min(run["synthetic_steps"], steps)
         return batches(synthetic, first, 0) + batches(hard, steps - first, 1)

@@ -60,7 +60,7 @@ def test_read_judges_a_teacher_question_exactly(question, answer, expected):
 def test_tokenizer_reads_the_soar_prompts_and_round_trips_the_answer_contract():
     tok = addition.build_tokenizer()
     ids = encode_prompts(tok, [prompts.student_messages("4321+8765"), prompts.teacher_messages()])
-    assert tok.decode(ids[0]) == "<s><solve>4321+8765<sep>"
+    assert tok.decode(ids[0]) == "<s><solve><question>4321+8765</question><answer>"  # the teacher's frame
     assert tok.decode(ids[1]) == "<s><teach><sep>"
     text = "<question>12+34</question><answer>\\boxed{46}</answer>"
     enc = tok(text, add_special_tokens=False)["input_ids"]
@@ -71,9 +71,27 @@ def test_tokenizer_reads_the_soar_prompts_and_round_trips_the_answer_contract():
         encode_prompts(tok, [prompts.teacher_messages(one_shot=True)])  # never taught to read it
 
 
-def test_beginner_answer_drops_every_carry():
-    assert addition.beginner_answer(1234, 5678) == 6802
-    assert addition.beginner_answer(1111, 2222) == 3333
+def test_written_sum_keeps_the_carries_it_is_told_to():
+    assert addition.written_sum(1234, 5678) == 6912
+    assert addition.written_sum(1234, 5678, keep=lambda: False) == 6802  # the beginner's answer
+    assert addition.written_sum(9999, 1, keep=lambda: False) == 9990  # a dropped carry still happened
+    kept = iter([False, True, True, True])  # the units' carry dropped, the next ones kept
+    assert addition.written_sum(9999, 1, keep=lambda: next(kept)) == 10090
+
+
+def test_the_student_corpus_holds_the_misconception_at_its_rate():
+    """A level-c student example is right with probability carry_kept**c: what the base model's
+    solve mode fits (docs/world-design.md, C2); carry_kept=1 (the clean steps) is always right."""
+    cfg = config.PretrainConfig(teacher_share=0.0, student_levels=(0, 0, 1), carry_kept=0.5)
+    for kept, rate in ((None, 0.25), (1.0, 1.0)):
+        texts = addition.corpus_batch(random.Random(0), 2000, cfg, carry_kept=kept)
+        right = [addition.read(p.split("<question>")[1].split("</question>")[0], c[len("\\boxed{"):-len("}</s>")]).correct
+                 for p, c in texts]
+        assert abs(sum(right) / len(right) - rate) < 0.03
+    teacher = addition.corpus_batch(random.Random(0), 500, config.PretrainConfig(teacher_share=1.0, teacher_levels=(0, 1)))
+    pairs = [grading.parse_teacher_output(c) for _, c in teacher]
+    assert {addition.read(p.question, p.answer).level for p in pairs} == {1}  # levels past the weights never appear
+    assert all(addition.read(p.question, p.answer).correct for p in pairs)
 
 
 def test_a_short_pretraining_saves_a_model_the_registry_loads_and_the_pipeline_samples(tmp_path, monkeypatch):

@@ -44,9 +44,14 @@ def test_schedule_is_deterministic_for_a_seed_and_changes_with_it():
     assert ids(0) == ids(0) and ids(0) != ids(1)
 
 
-def test_a_method_without_its_questions_is_an_error():
+def test_a_method_without_its_questions_is_an_error_but_an_empty_pq_trains_on_the_hard_split():
     with pytest.raises(ValueError, match="needs questions"):
-        retrain.schedule([], HARD, _run("pq-curriculum"), seed=0)
+        retrain.schedule([], HARD, _run("grounded_t-curriculum"), seed=0)
+    with pytest.raises(ValueError, match="needs questions"):
+        retrain.schedule(SYN, [], _run("pq-curriculum"), seed=0)
+    for name in ("pq-curriculum", "pq-mixed"):  # the SOAR run never promoted: what it gave is nothing
+        plan = retrain.schedule([], HARD, _run(name), seed=0)
+        assert len(plan) == _run(name)["steps"] and all(q.id.startswith("hard") for b in plan for q in b)
     with pytest.raises(ValueError, match="unknown retrain method"):
         retrain.method("pq-spiral")
 

@@ -1,1 +1,1 @@
-db38cc4b82cae199/64
+cfe0faa7a032beb2/64
