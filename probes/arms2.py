@@ -14,7 +14,7 @@ OUT = Path(os.environ.get("SOAR_PROBES", "results/world-probes"))
 OUT.mkdir(parents=True, exist_ok=True)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pre2 import probs
+from pre2 import hard_problems, probs
 
 def run(name, hard_levels=(3, 4), arm_levels=(0, 1, 2), rl_seeds=(0, 1), inner_steps=12, fresh_steps=40,
         inner_lr=None, every=4, tag=""):
@@ -27,9 +27,7 @@ def run(name, hard_levels=(3, 4), arm_levels=(0, 1, 2), rl_seeds=(0, 1), inner_s
     g = A.ExactGrader()
     kw = dict(grader=g, max_new_tokens=12, batch_size=1024, progress=False)
     base = LlamaForCausalLM.from_pretrained(md)
-    cand = [p for lv in hard_levels for p in probs(lv, 120, 5000 + lv)]
-    counts = evaluate_student(base, tok, cand, n_samples=64, temperature=1.0, seed=11, **kw).counts
-    hard = [p for p, c in zip(cand, counts) if c == 0]
+    hard, cand, counts = hard_problems(base, tok, hard_levels, g)
     measured, hard_train = hard[::2], hard[1::2]
     out = {"name": name, "candidates": len(cand), "hard": len(hard), "base_sampled": sum(counts) / (64 * len(cand)), "rows": []}
     def measure(model):

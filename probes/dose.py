@@ -15,7 +15,7 @@ OUT = Path(os.environ.get("SOAR_PROBES", "results/world-probes"))
 OUT.mkdir(parents=True, exist_ok=True)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pre2 import probs
+from pre2 import hard_problems, probs
 
 def run(name, useful=1, doses=(0, 2, 4, 8), students=4, hard_levels=(3, 4), tag=""):
     torch.set_num_threads(1)
@@ -25,9 +25,7 @@ def run(name, useful=1, doses=(0, 2, 4, 8), students=4, hard_levels=(3, 4), tag=
     g = A.ExactGrader()
     kw = dict(grader=g, max_new_tokens=12, batch_size=1024, progress=False)
     base = LlamaForCausalLM.from_pretrained(md)
-    cand = [p for lv in hard_levels for p in probs(lv, 120, 5000 + lv)]
-    counts = evaluate_student(base, tok, cand, n_samples=64, temperature=1.0, seed=11, **kw).counts
-    q_r = [p for p, c in zip(cand, counts) if c == 0][:128]
+    q_r = hard_problems(base, tok, hard_levels, g)[0][:128]
     base_score = evaluate_student(base, tok, q_r, n_samples=1, temperature=0.0, **kw).accuracy
     pool_u, pool_e = probs(useful, 400, 8000 + useful), probs(0, 400, 8000)
     out = {"name": name, "useful": useful, "q_r": len(q_r), "base": base_score, "rows": []}

@@ -43,6 +43,34 @@ def probs(lv, n, seed):
     rng = random.Random(seed)
     return [A.problem(*A.make_problem(rng, lv), f"L{lv}/{i}") for i in range(n)]
 
+def readings(model, tok):
+    """Per-level skill of the solve mode (greedy; 64 samples at temperature 1) and the base teacher's
+    questions per level (share of 512 samples, share right)."""
+    g = A.ExactGrader(); rows = []
+    for lv in range(5):
+        ps = probs(lv, 40, 1000 + lv)
+        gr = evaluate_student(model, tok, ps, n_samples=1, grader=g, max_new_tokens=12, temperature=0.0, batch_size=512, progress=False)
+        sa = evaluate_student(model, tok, ps, n_samples=64, grader=g, max_new_tokens=12, temperature=1.0, seed=lv, batch_size=2560, progress=False)
+        rows.append({"level": lv, "greedy": gr.accuracy, "sampled": sa.accuracy, "zero64": sum(c == 0 for c in sa.counts) / len(ps)})
+    outs = generate(model, tok, [teacher_prompt(tok, "<question>")], n=512, max_new_tokens=32, temperature=1.0, stop=("</answer>",), seed=0, batch_size=512, progress=False)[0]
+    tl = {}
+    for s in outs:
+        pair = grading.parse_teacher_output("<question>" + s.text)
+        if isinstance(pair, grading.Rejection): tl.setdefault("ill", [0, 0])[0] += 1; continue
+        r = A.read(pair.question, pair.answer)
+        key = f"L{r.level}" if r.well_posed and r.digits == (4, 4) else "other"
+        c = tl.setdefault(key, [0, 0]); c[0] += 1; c[1] += bool(r.correct)
+    return rows, {k: {"share": v[0] / 512, "correct": v[1] / max(v[0], 1)} for k, v in sorted(tl.items())}
+
+
+def hard_problems(model, tok, levels, grader, n=120):
+    """The train-pool problems of `levels` (n a level) the base model solves 0 of 64 times, and all counts."""
+    cand = [p for lv in levels for p in probs(lv, n, 5000 + lv)]
+    counts = evaluate_student(model, tok, cand, n_samples=64, temperature=1.0, seed=11, grader=grader,
+                              max_new_tokens=12, batch_size=1024, progress=False).counts
+    return [p for p, c in zip(cand, counts) if c == 0], cand, counts
+
+
 def main(name, q, ws=(1, 1, 1, 1, 1), wt=(0.6, 0.1, 0.1, 0.1, 0.1), share=0.5, steps=800, seed=0, lr=3e-3, clean_steps=0, shared=False):
     global SHARED
     SHARED = shared
@@ -67,23 +95,9 @@ def main(name, q, ws=(1, 1, 1, 1, 1), wt=(0.6, 0.1, 0.1, 0.1, 0.1), share=0.5, s
     model.eval(); model.generation_config.pad_token_id = tok.pad_token_id
     from soar.models import save_model
     save_model(model, tok, Path(f"{OUT}/{name}"))
-    g = A.ExactGrader(); rows = []
-    for lv in range(5):
-        ps = probs(lv, 40, 1000 + lv)
-        gr = evaluate_student(model, tok, ps, n_samples=1, grader=g, max_new_tokens=12, temperature=0.0, batch_size=512, progress=False)
-        sa = evaluate_student(model, tok, ps, n_samples=64, grader=g, max_new_tokens=12, temperature=1.0, seed=lv, batch_size=2560, progress=False)
-        rows.append({"level": lv, "greedy": gr.accuracy, "sampled": sa.accuracy, "zero64": sum(c == 0 for c in sa.counts) / len(ps)})
-    outs = generate(model, tok, [teacher_prompt(tok, "<question>")], n=512, max_new_tokens=32, temperature=1.0, stop=("</answer>",), seed=0, batch_size=512, progress=False)[0]
-    tl = {}
-    for s in outs:
-        pair = grading.parse_teacher_output("<question>" + s.text)
-        if isinstance(pair, grading.Rejection): tl.setdefault("ill", [0, 0])[0] += 1; continue
-        r = A.read(pair.question, pair.answer)
-        key = f"L{r.level}" if r.well_posed and r.digits == (4, 4) else "other"
-        c = tl.setdefault(key, [0, 0]); c[0] += 1; c[1] += bool(r.correct)
+    rows, teacher = readings(model, tok)
     res = {"name": name, "q": q, "ws": ws, "wt": wt, "share": share, "steps": steps, "clean_steps": clean_steps, "shared": shared, "seed": seed, "loss": loss.item(),
-           "seconds": time.time() - t0, "student": rows,
-           "teacher": {k: {"share": v[0] / 512, "correct": v[1] / max(v[0], 1)} for k, v in sorted(tl.items())}}
+           "seconds": time.time() - t0, "student": rows, "teacher": teacher}
     json.dump(res, open(f"{OUT}/{name}.json", "w"), indent=1)
     print(json.dumps(res))
 
