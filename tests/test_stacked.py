@@ -131,7 +131,7 @@ def test_batched_full_students_are_the_students_trained_one_after_another(world,
     assert scores == alone_scores
     for k, (a, b) in enumerate(zip(alone, together)):
         assert [m["student/reward_mean"] for m in a.metrics] == [m["student/reward_mean"] for m in b.metrics]
-        assert [m["student/grad_norm"] for m in a.metrics] == pytest.approx([m["student/grad_norm"] for m in b.metrics], rel=1e-4, abs=1e-6)  # abs: a step of equal rewards
+        assert [m["student/grad_norm"] for m in a.metrics] == pytest.approx([m["student/grad_norm"] for m in b.metrics], rel=1e-3, abs=1e-6)  # SGD at lr 30 amplifies round-off step by step; abs: equal rewards
         assert a.state.keys() == b.state.keys()
         gap = max((a.state[n] - b.state[n]).abs().max().item() for n in a.state)
         for other in (alone[j] for j in range(3) if j != k):  # a mixed-up student is far outside the round-off
