@@ -197,6 +197,12 @@ class SoarConfig:
     """trained (meta-RL) | base (frozen teacher: the Base-T baseline)."""
     promotion: bool = True
     """Promote the student when the reward's moving average exceeds tau."""
+    confirm: bool = False
+    """Confirm a promotion on the part of D_train outside the step's Q_R: the candidate (the median
+    student of the best dataset, picked on Q_R) is promoted only if its greedy gain over the
+    baseline there also exceeds tau; else the baseline stays and the next step tries again. Off:
+    the paper's rule (r >= 2 students and the median guard against the winner's curse; the
+    laptop world, at r = 1, confirms instead: a deviation)."""
     outer_steps: int = 200
     """Teacher (outer) steps (paper: <= 200)."""
     n: int = 64

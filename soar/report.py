@@ -50,13 +50,16 @@ def soar_runs(root: Path) -> str:
         samples = [json.loads(line) for f in sorted((path.parent / "samples").glob("step_*.jsonl"))
                    for line in f.read_text().splitlines()]
         nonzero = sum(s["grounded"] != 0 for s in samples)
+        steps = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines() if line]
+        judged = [r for r in steps if "student/confirmation_gain" in r]  # soar.confirm: due, then judged
+        promotions = (f"{m['promotions']} of {len(judged)} due" if judged else m["promotions"])
         rows.append([f"{path.parent.parent.name}/{path.parent.name}", m["outer_steps"],
                      f"{m['rejection_rate_mean']:.0%}", f"{nonzero} of {len(samples)}",
-                     f"{m['reward_mean_all']:+.4f}", f"{m['reward_mean_best']:+.4f}", m["promotions"],
+                     f"{m['reward_mean_all']:+.4f}", f"{m['reward_mean_best']:+.4f}", promotions,
                      f"{m['baseline_score_first']:.4f} → {m['baseline_score_last']:.4f}",
                      f"{m['seconds_per_step']:.0f}"])
     return _table(["run", "outer steps", "teacher rejection rate", "datasets with a nonzero grounded gain",
-                   "mean reward", "best step reward", "promotions", "baseline Q_R score (first → last step)",
+                   "mean reward", "best step reward", "promotions (confirmed of due)", "baseline Q_R score (first → last step)",
                    "s / outer step"], rows)
 
 

@@ -178,17 +178,23 @@ def select_checkpoint(rewards: Sequence[float], *, smoothing: int, fraction: flo
     return int(r.size)
 
 
-def died(rewards: Sequence[float], *, smoothing: int = 3, tail: int = 5) -> bool:
-    """A run that learned and then collapsed: its smoothed training reward once rose 0.1 above
-    the format credit (it answered some questions right), and its last `tail` steps average no
-    more than that credit + 0.02 (it answers nothing right any more, only in the box's format).
-    A run that never rose (Hard-Only on problems it never solves) did not die: it never lived.
-    Counted per method beside the main table, never averaged away."""
-    r = np.asarray(rewards, dtype=np.float64)
-    if r.size <= tail:
-        return False
+def died(rewards: Sequence[float], *, synthetic_steps: int = 0, smoothing: int = 3, tail: int = 5) -> bool:
+    """A run that learned and then collapsed: in one phase of its schedule (a curriculum's
+    synthetic steps, then its hard steps; one phase otherwise), its smoothed training reward once
+    rose 0.1 above the format credit (it answered some questions right) and its last `tail` steps
+    average no more than that credit + 0.02 (it answers nothing right any more, only in the box's
+    format). Phases are judged apart because their questions differ: a curriculum student right on
+    easy synthetic questions and never on the hard ones did not die, it never lived on the hard
+    ones (as Hard-Only on problems it never solves). Counted per method beside the main table,
+    never averaged away."""
     floor = grading.REWARD_BOXED
-    return bool(centred_average(r, smoothing).max() > floor + 0.1 and r[-tail:].mean() <= floor + 0.02)
+
+    def collapsed(r: np.ndarray) -> bool:
+        return r.size > tail and bool(centred_average(r, smoothing).max() > floor + 0.1
+                                      and r[-tail:].mean() <= floor + 0.02)
+
+    r = np.asarray(rewards, dtype=np.float64)
+    return collapsed(r[:synthetic_steps]) or collapsed(r[synthetic_steps:])
 
 
 def window_checkpoints(saved: Sequence[int], chosen: int, window: int) -> list[int]:
@@ -314,8 +320,9 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
         rewards = [row["student/reward_mean"] for row in tracking.read_log(out / "metrics.jsonl")]
         chosen, window = choose_checkpoints(rewards, old["saved"], run, rc, pool=pool)
         if all(checkpoint_file(checkpoints, s).exists() for s in window):  # still here (not in git): skip
-            if (old["chosen_step"], old["eval_checkpoints"], old.get("died")) != (chosen, window, died(rewards)):
-                old = dict(old, chosen_step=chosen, eval_checkpoints=window, died=died(rewards))
+            dead = died(rewards, synthetic_steps=run["synthetic_steps"])
+            if (old["chosen_step"], old["eval_checkpoints"], old.get("died")) != (chosen, window, dead):
+                old = dict(old, chosen_step=chosen, eval_checkpoints=window, died=dead)
                 data.write_json(done, old)
             keep_checkpoints(checkpoints, window)  # those of an earlier choice, or of a killed cleanup
             return old
@@ -340,7 +347,8 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
     chosen, window = choose_checkpoints(rewards, saved, run, rc, pool=pool)
     result = {"fingerprint": fp, "method": run["method"], "rng_seed": seed, "steps": len(rewards),
               "saved": saved, "chosen_step": chosen, "eval_checkpoints": window,
-              "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1], "died": died(rewards), "run": run,
+              "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1],
+              "died": died(rewards, synthetic_steps=run["synthetic_steps"]), "run": run,
               "wall_s": time.perf_counter() - start}
     data.write_json(done, result)  # last, atomically: its presence means the run is complete
     keep_checkpoints(checkpoints, window)

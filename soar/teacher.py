@@ -9,7 +9,8 @@ One outer step (`meta_step`), as in the paper's algorithm box:
   4. RLOO across the datasets of each group, one policy-gradient step of the teacher on the
      log-probabilities of the pairs of each dataset;
   5. moving average of the mean reward; above tau, promote: the baseline becomes the median
-     student of the best dataset, whose questions join the Promotion Questions (PQ).
+     student of the best dataset, whose questions join the Promotion Questions (PQ) (with
+     soar.confirm, only if its gain also holds on the part of D_train Q_R left out).
 `SoarRun` owns the state and its atomic checkpoint, so a killed run resumes identically.
 Step 3 is the expensive one: its g*B*r inner loops (one job per student, `InnerJob`) go to an
 executor (soar.parallel), each worker training its share of the students one after another or,
@@ -271,6 +272,14 @@ class SoarRun:
         for p in saved.promotions:  # replay promotions onto the base: the baseline student
             self.student.merge(p["state"])
 
+    def held_out_gain(self, state: dict, problems: list[Problem]) -> float:
+        """A promotion candidate's greedy gain over the baseline on `problems` (soar.confirm)."""
+        tokenizer, cfg = self.student.tokenizer, self.cfg
+        with self.student.reference() as base:
+            before = q_r_score(base, tokenizer, problems, cfg, grader=self.grader)
+        self.student.load_state(state)  # the next inner loop resets it, whether promoted or not
+        return q_r_score(self.student.model, tokenizer, problems, cfg, grader=self.grader) - before
+
     def promotion_questions(self) -> list[dict]:
         """PQ: the questions of every promoted dataset, with the outer step of its promotion."""
         return [dict(p, promoted_at=pr["step"]) for pr in self.state.promotions for p in pr["problems"]]
@@ -337,8 +346,13 @@ class SoarRun:
         self.state.reward_history.append(sum(rewards) / len(rewards))
         self.state.grounded_history.append(sum(grounded) / len(grounded))
         promoted = sc.promotion and promotion_due(self.state.grounded_history, sc.tau, sc.window)
+        best = best_index(grounded)  # the best dataset; its median student becomes the baseline
+        held_out = [p for p in self.d_train if p.id not in {q.id for q in q_r}]
+        confirmation = None
+        if promoted and sc.confirm and held_out:  # judged on problems that did not pick the winner
+            confirmation = self.held_out_gain(results[best]["median_state"], held_out)
+            promoted = confirmation > sc.tau
         if promoted:
-            best = best_index(grounded)  # the best dataset; its median student becomes the baseline
             self.student.merge(results[best]["median_state"])
             if self.state.promotions:  # superseded: kept as computed (SoarState.promotions)
                 last = self.state.promotions[-1]
@@ -353,7 +367,8 @@ class SoarRun:
                     "teacher/question_length_mean": sum(len(p.problem) for X in datasets for p in X.problems)
                     / max(1, sum(len(X.problems) for X in datasets)),
                     "teacher/question_diversity": lexical_diversity([p.problem for X in datasets for p in X.problems]),
-                    "promotion": promoted, "promotions": len(self.state.promotions), **times,
+                    "promotion": promoted, "promotions": len(self.state.promotions),
+                    **({"student/confirmation_gain": confirmation} if confirmation is not None else {}), **times,
                     "wall_s": time.perf_counter() - start})  # the step's wall clock (workers run side by side)
         samples = [{"step": t, "dataset": k, "group": k // sc.group_size, "reward": rewards[k], "grounded": grounded[k],
                     "gains": results[k]["gains"], "advantage": float(A[k]),

@@ -187,3 +187,43 @@ def test_the_reward_pool_is_the_first_pool_only(tmp_path, monkeypatch):
         data.write_jsonl(paths.hard_split(pool, "train"), [Problem(f"{pool}/{i}", f"Q{i}?", "1") for i in range(n)])
     cfg = config.load(ROOT / "params.yaml", {"fail_at_k": {"pools": ["math_test", "olympiadbench"]}})
     assert [p.id for p in reward_pool(cfg)] == ["math_test/0", "math_test/1", "math_test/2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("held_out_gain, promoted", [(0.0, False), (0.5, True)])
+def test_a_promotion_is_confirmed_on_d_train_outside_q_r(tmp_path, grader, monkeypatch, held_out_gain, promoted):
+    """soar.confirm: a due promotion (tau 0 below the step's reward) goes ahead only if the
+    candidate's gain on the D_train problems outside Q_R also exceeds tau; else the baseline
+    stays and the moving average is kept, so the next step tries again with a new candidate."""
+    from soar.teacher import SoarRun
+
+    cfg = toy_cfg(tau=0.0, confirm=True)
+    run = build_run(cfg, tmp_path / "c.pt", grader)
+    seen = []
+
+    def gain(self, state, problems):
+        seen.append({p.id for p in problems})
+        return held_out_gain
+
+    monkeypatch.setattr(SoarRun, "held_out_gain", gain)
+    monkeypatch.setattr("soar.teacher.promotion_due", lambda history, tau, window: True)
+    row, _ = run.meta_step()
+    d_train = {p.id for p in run.d_train}
+    assert len(seen) == 1 and seen[0] and seen[0] < d_train  # a part of D_train, not all of it
+    assert row["student/confirmation_gain"] == held_out_gain and row["promotion"] is promoted
+    assert len(run.state.promotions) == int(promoted) and len(run.state.grounded_history) == int(not promoted)
+
+
+@pytest.mark.slow
+def test_the_held_out_gain_is_the_candidates_greedy_gain_over_the_baseline(tmp_path, grader):
+    """A candidate equal to the baseline gains exactly 0; one whose weights are zeroed answers
+    nothing right (a 135M model right on a GSM8K problem would need the baseline to be)."""
+    cfg = toy_cfg(confirm=True)
+    run = build_run(cfg, tmp_path / "c.pt", grader)
+    problems = run.d_train
+    assert run.held_out_gain(run.student.state(), problems) == 0.0
+    with run.student.reference() as base:
+        from soar.teacher import q_r_score
+        before = q_r_score(base, run.student.tokenizer, problems, cfg, grader=grader)
+    zeroed = {k: torch.zeros_like(v) for k, v in run.student.state().items()}
+    assert run.held_out_gain(zeroed, problems) == pytest.approx(-before)
