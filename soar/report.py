@@ -50,7 +50,8 @@ def soar_runs(root: Path) -> str:
         samples = [json.loads(line) for f in sorted((path.parent / "samples").glob("step_*.jsonl"))
                    for line in f.read_text().splitlines()]
         nonzero = sum(s["grounded"] != 0 for s in samples)
-        steps = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines() if line]
+        log = path.parent / "metrics.jsonl"
+        steps = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
         judged = [r for r in steps if "student/confirmation_gain" in r]  # soar.confirm: due, then judged
         promotions = (f"{m['promotions']} of {len(judged)} due" if judged else m["promotions"])
         rows.append([f"{path.parent.parent.name}/{path.parent.name}", m["outer_steps"],

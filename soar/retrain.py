@@ -320,7 +320,7 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
         rewards = [row["student/reward_mean"] for row in tracking.read_log(out / "metrics.jsonl")]
         chosen, window = choose_checkpoints(rewards, old["saved"], run, rc, pool=pool)
         if all(checkpoint_file(checkpoints, s).exists() for s in window):  # still here (not in git): skip
-            dead = died(rewards, synthetic_steps=run["synthetic_steps"])
+            dead = died(rewards, synthetic_steps=run["synthetic_steps"] if synthetic else 0)
             if (old["chosen_step"], old["eval_checkpoints"], old.get("died")) != (chosen, window, dead):
                 old = dict(old, chosen_step=chosen, eval_checkpoints=window, died=dead)
                 data.write_json(done, old)
@@ -348,7 +348,7 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
     result = {"fingerprint": fp, "method": run["method"], "rng_seed": seed, "steps": len(rewards),
               "saved": saved, "chosen_step": chosen, "eval_checkpoints": window,
               "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1],
-              "died": died(rewards, synthetic_steps=run["synthetic_steps"]), "run": run,
+              "died": died(rewards, synthetic_steps=run["synthetic_steps"] if synthetic else 0), "run": run,
               "wall_s": time.perf_counter() - start}
     data.write_json(done, result)  # last, atomically: its presence means the run is complete
     keep_checkpoints(checkpoints, window)

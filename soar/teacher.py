@@ -347,7 +347,8 @@ class SoarRun:
         self.state.grounded_history.append(sum(grounded) / len(grounded))
         promoted = sc.promotion and promotion_due(self.state.grounded_history, sc.tau, sc.window)
         best = best_index(grounded)  # the best dataset; its median student becomes the baseline
-        held_out = [p for p in self.d_train if p.id not in {q.id for q in q_r}]
+        drawn = {q.id for q in q_r}
+        held_out = [p for p in self.d_train if p.id not in drawn]
         confirmation = None
         if promoted and sc.confirm and held_out:  # judged on problems that did not pick the winner
             confirmation = self.held_out_gain(results[best]["median_state"], held_out)

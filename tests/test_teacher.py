@@ -192,9 +192,10 @@ def test_the_reward_pool_is_the_first_pool_only(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("held_out_gain, promoted", [(0.0, False), (0.5, True)])
 def test_a_promotion_is_confirmed_on_d_train_outside_q_r(tmp_path, grader, monkeypatch, held_out_gain, promoted):
-    """soar.confirm: a due promotion (tau 0 below the step's reward) goes ahead only if the
-    candidate's gain on the D_train problems outside Q_R also exceeds tau; else the baseline
-    stays and the moving average is kept, so the next step tries again with a new candidate."""
+    """soar.confirm: a due promotion goes ahead only if the candidate (the median student of the
+    best dataset) also gains more than tau on the D_train problems outside the step's Q_R; else
+    the baseline stays and the moving average is kept, so the next step tries again."""
+    from soar.data import sample_problems
     from soar.teacher import SoarRun
 
     cfg = toy_cfg(tau=0.0, confirm=True)
@@ -202,28 +203,44 @@ def test_a_promotion_is_confirmed_on_d_train_outside_q_r(tmp_path, grader, monke
     seen = []
 
     def gain(self, state, problems):
-        seen.append({p.id for p in problems})
+        seen.append(({p.id for p in problems}, state))
         return held_out_gain
 
     monkeypatch.setattr(SoarRun, "held_out_gain", gain)
     monkeypatch.setattr("soar.teacher.promotion_due", lambda history, tau, window: True)
-    row, _ = run.meta_step()
-    d_train = {p.id for p in run.d_train}
-    assert len(seen) == 1 and seen[0] and seen[0] < d_train  # a part of D_train, not all of it
+    row, samples = run.meta_step()
+    q_r = {p.id for p in sample_problems(run.d_train, cfg.soar.q_r, seed=(cfg.seed, 0, 1))}  # step 0's Q_R
+    assert len(seen) == 1 and seen[0][0] == {p.id for p in run.d_train} - q_r and q_r and seen[0][0]
     assert row["student/confirmation_gain"] == held_out_gain and row["promotion"] is promoted
     assert len(run.state.promotions) == int(promoted) and len(run.state.grounded_history) == int(not promoted)
+    if promoted:  # the candidate judged is the one promoted
+        assert run.state.promotions[0]["state"] is seen[0][1]
 
 
 @pytest.mark.slow
-def test_the_held_out_gain_is_the_candidates_greedy_gain_over_the_baseline(tmp_path, grader):
-    """A candidate equal to the baseline gains exactly 0; one whose weights are zeroed answers
-    nothing right (a 135M model right on a GSM8K problem would need the baseline to be)."""
+def test_the_held_out_gain_is_the_candidates_score_minus_the_baselines(tmp_path, grader, monkeypatch):
+    """held_out_gain scores the baseline (the reference) and then the candidate's weights, on the
+    problems it is given. The score here is a number computed from each model's logits, so that a
+    candidate that differs from the baseline scores differently (a 135M model is right on no GSM8K
+    problem, and greedy accuracy would compare 0 with 0)."""
+    from soar.models import load_model
+
+    tokens = torch.tensor([[1, 2, 3, 4]])
+
+    def score(model, tokenizer, problems, cfg, *, grader):
+        with torch.no_grad():
+            return float(model(tokens).logits[0, -1, :8].sum()) + len(problems)
+
+    monkeypatch.setattr("soar.teacher.q_r_score", score)
     cfg = toy_cfg(confirm=True)
     run = build_run(cfg, tmp_path / "c.pt", grader)
-    problems = run.d_train
-    assert run.held_out_gain(run.student.state(), problems) == 0.0
-    with run.student.reference() as base:
-        from soar.teacher import q_r_score
-        before = q_r_score(base, run.student.tokenizer, problems, cfg, grader=grader)
-    zeroed = {k: torch.zeros_like(v) for k, v in run.student.state().items()}
-    assert run.held_out_gain(zeroed, problems) == pytest.approx(-before)
+    problems = run.d_train[:3]
+    assert run.held_out_gain(run.student.state(), problems) == 0.0  # the baseline itself gains nothing
+    torch.manual_seed(0)
+    candidate = {k: torch.randn_like(v) * 0.1 for k, v in run.student.state().items()}  # LoRA A and B
+    base_model = load_model(cfg.model.name, device="cpu")[0]
+    run.student.load_state(candidate)
+    expected = score(run.student.model, None, problems, cfg, grader=None) - score(base_model, None, problems, cfg, grader=None)
+    run.student.load_state({k: torch.zeros_like(v) for k, v in candidate.items()})
+    gain = run.held_out_gain(candidate, problems)
+    assert gain != 0 and gain == pytest.approx(expected, rel=1e-4, abs=1e-4)

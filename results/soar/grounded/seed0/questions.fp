@@ -1,1 +1,1 @@
-cfe0faa7a032beb2/12/64
+f0dbe638bda8ae85/12/64

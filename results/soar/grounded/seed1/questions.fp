@@ -1,1 +1,1 @@
-ead09d6e0ab11525/12/64
+fbfdc5e9eab9c9be/12/64
