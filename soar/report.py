@@ -226,7 +226,8 @@ def main_table(root: Path) -> str:
         from collections import Counter
 
         dead, total = Counter(r["method"] for r in rt["runs"] if r["died"]), Counter(r["method"] for r in rt["runs"])
-        lines.append("Fresh students that died (learned, then fell to the format credit; kept in the means above): "
+        lines.append(("Fresh students that died (learned, then fell to the format credit; each phase of a curriculum "
+                      "judged apart; kept in the means above): ")
                      + ("; ".join(f"{LABELS.get(k, k)} {dead[k]} of {total[k]}" for k in ordered(dead)) if dead
                         else f"none of {len(rt['runs'])}") + ".")
     if rt and "wall_s" in rt and "wall_s" in m:
