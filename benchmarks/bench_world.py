@@ -6,10 +6,12 @@ outer step). In one run, on this machine's 2 cores:
 - K = 1, 4, 8 inner loops of one teacher step (16 questions each, Q_R of 128), the old path
   (in-process on 2 threads, math-verify's Grader) against the new one (the world's exact grader,
   parallel.backend processes: 2 workers of one thread), and the batched one (the same 2 workers,
-  each training its share of the K students at once as one soar.stacked.Students), per student;
-  with the gains of all three (the same students, up to float round-off);
-- in one process on ONE thread, K inner loops one after another against K batched full students,
-  with the batched update's GFLOP/s against the same run's 1-thread fp32 GEMM peak;
+  each training its share of the K students at once as one soar.stacked.Students), in fp32 and
+  with bf16 matmuls (parallel.batch_dtype), per student; with the gains of all (the same students,
+  up to float round-off: fp32's or bf16's);
+- in one process on ONE thread, K inner loops one after another against K batched full students
+  (fp32 and bf16), with the batched update's GFLOP/s against the same run's 1-thread GEMM peak of
+  its dtype and against its own shapes' peak;
 - one fresh student (the retrain stage's sizes) alone in-process against two at once on the
   worker processes, per student;
 - one inner loop with the student in bf16 (fp32 masters), against fp32.
@@ -121,13 +123,13 @@ def inner_loops_per_student(cfg, k: int, executor, grader, extra_steps: int = 0)
     return {"k": k, "wall_s": wall, "per_student_s": wall / k, "gains": [r["gain"] for s in shares for r in s]}
 
 
-def shape_peak(model_cfg, k: int, tokens: int, repeats: int = 20) -> float:
+def shape_peak(model_cfg, k: int, tokens: int, repeats: int = 20, dtype: torch.dtype = torch.float32) -> float:
     """GFLOP/s of the batched update's own matmuls (K students' bmm of `tokens` rows each through
     every linear layer: q, k, v, o, gate, up, down and the tied head), forward shapes, on this
     thread: the rate matmuls of these widths reach at best, which a 1024-wide GEMM overstates."""
     h, i, v = model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size
     shapes = [(h, h)] * 4 + [(h, i)] * 2 + [(i, h), (h, v)]  # (in, out) per linear layer
-    xs = [(torch.randn(k, tokens, a), torch.randn(k, a, b)) for a, b in shapes]
+    xs = [(torch.randn(k, tokens, a, dtype=dtype), torch.randn(k, a, b, dtype=dtype)) for a, b in shapes]
     flops = sum(2 * k * tokens * a * b for a, b in shapes) * repeats
 
     def run():
@@ -147,49 +149,59 @@ def batched_full_students(ks) -> dict:
 
     torch.set_num_threads(1)
     exact = addition.ExactGrader()
-    out: dict = {"threads": 1, "gemm_peak_gflops_float32": gemm_gflops(torch.float32), "k": {}}
+    peaks = {"float32": gemm_gflops(torch.float32), "bfloat16": gemm_gflops(torch.bfloat16)}
+    out: dict = {"threads": 1, "gemm_peak_gflops_float32": peaks["float32"], "gemm_peak_gflops_bfloat16": peaks["bfloat16"],
+                 "k": {}}
     for k in ks:
-        cfg = config.load(overrides={"profile": "addition", "parallel": {"batch_students": k}})
-        alone_cfg = config.load(overrides={"profile": "addition", "parallel": {"batch_students": 1}})
+        configs = {"one_at_a_time": config.load(overrides={"profile": "addition", "parallel": {"batch_students": 1}})}
+        for name, dtype in (("batched", "float32"), ("batched_bf16", "bfloat16")):
+            configs[name] = config.load(overrides={"profile": "addition",
+                                                   "parallel": {"batch_students": k, "batch_dtype": dtype}})
         sets, q_r = datasets(k)
         jobs = [InnerJob(X, q_r, 0.0, 0, seed_from(7, i), 0) for i, X in enumerate(sets)]
-        student = load_policy(cfg.model, cfg.student)
+        student = load_policy(configs["batched"].model, configs["batched"].student)
         row = {}
-        for name, c in (("one_at_a_time", alone_cfg), ("batched", cfg)):
+        for name, c in configs.items():
             inner_loops(parallel.Worker(student, exact, c), jobs[:1])  # warm
             start = time.perf_counter()
             results = inner_loops(parallel.Worker(student, exact, c), jobs)
             row[name] = {"per_student_s": (time.perf_counter() - start) / k, "gains": [r["gain"] for r in results]}
         row["speedup"] = row["one_at_a_time"]["per_student_s"] / row["batched"]["per_student_s"]
+        row["speedup_bf16"] = row["one_at_a_time"]["per_student_s"] / row["batched_bf16"]["per_student_s"]
         row["same_gains"] = row["one_at_a_time"]["gains"] == row["batched"]["gains"]
+        row["max_gain_difference_bf16"] = max(abs(a - b) for a, b in zip(row["one_at_a_time"]["gains"],
+                                                                         row["batched_bf16"]["gains"]))
         # the batched update of one inner step (k students x 64 completions): FLOPs counted, time best of 3
-        with student.reference() as base:
-            students = stacked.Students(base, k)
-        prompts = [student_messages(q.problem) for X in sets for q in X[:8]]  # step 0's sizes: 8 questions each
-        samples = generate(students, student.tokenizer, prompts, n=8, max_new_tokens=cfg.student.max_new_tokens, seed=0,
-                           adapters=[i // 8 for i in range(len(prompts))], progress=False)
-        own = [[s for row_ in samples[8 * i : 8 * (i + 1)] for s in row_] for i in range(k)]
-        optimizer, scheduler = make_optimizer(students, lr=0.0, warmup_steps=0, total_steps=100)
-        advantages = [torch.linspace(-1, 1, 64)] * k
+        for dtype, key in ((torch.float32, "update"), (torch.bfloat16, "update_bf16")):
+            with student.reference() as base:
+                students = stacked.Students(base, k, dtype=dtype)
+            prompts = [student_messages(q.problem) for X in sets for q in X[:8]]  # step 0's sizes: 8 questions each
+            samples = generate(students, student.tokenizer, prompts, n=8, max_new_tokens=configs["batched"].student.max_new_tokens,
+                               seed=0, adapters=[i // 8 for i in range(len(prompts))], progress=False)
+            own = [[s for row_ in samples[8 * i : 8 * (i + 1)] for s in row_] for i in range(k)]
+            optimizer, scheduler = make_optimizer(students, lr=0.0, warmup_steps=0, total_steps=100)
+            advantages = [torch.linspace(-1, 1, 64)] * k
 
-        def one():
-            students.update(optimizer, scheduler, own, advantages, kl_coef=0.0, max_grad_norm=1.0)
+            def one():
+                students.update(optimizer, scheduler, own, advantages, kl_coef=0.0, max_grad_norm=1.0)
 
-        one()
-        with FlopCounterMode(display=False) as counter:
             one()
-        best = min(_timed(one) for _ in range(3))
-        tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in own[0])  # one student's rows
-        peak = shape_peak(base.config, k, tokens)
-        row["update"] = {"flops": counter.get_total_flops(), "seconds": best,
-                         "gflops": counter.get_total_flops() / best / 1e9,
-                         "share_of_fp32_peak": counter.get_total_flops() / best / 1e9 / out["gemm_peak_gflops_float32"],
-                         "shape_peak_gflops": peak, "share_of_shape_peak": counter.get_total_flops() / best / 1e9 / peak}
+            with FlopCounterMode(display=False) as counter:
+                one()
+            best = min(_timed(one) for _ in range(3))
+            tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in own[0])  # one student's rows
+            peak, name = shape_peak(base.config, k, tokens, dtype=dtype), str(dtype).removeprefix("torch.")
+            rate = counter.get_total_flops() / best / 1e9
+            row[key] = {"flops": counter.get_total_flops(), "seconds": best, "gflops": rate,
+                        f"share_of_{name}_peak": rate / peaks[name], "shape_peak_gflops": peak,
+                        "share_of_shape_peak": rate / peak}
         out["k"][k] = row
-        print(f"K={k}: one at a time {row['one_at_a_time']['per_student_s']:.2f} s/student, batched "
-              f"{row['batched']['per_student_s']:.2f} s/student ({row['speedup']:.2f}x, same gains: {row['same_gains']}); "
-              f"batched update {row['update']['gflops']:.0f} GFLOP/s of {out['gemm_peak_gflops_float32']:.0f} "
-              f"({row['update']['share_of_shape_peak']:.0%} of its own shapes' {peak:.0f})", flush=True)
+        print(f"K={k}: one at a time {row['one_at_a_time']['per_student_s']:.2f} s/student, batched fp32 "
+              f"{row['batched']['per_student_s']:.2f} ({row['speedup']:.2f}x, same gains: {row['same_gains']}), bf16 "
+              f"{row['batched_bf16']['per_student_s']:.2f} ({row['speedup_bf16']:.2f}x, gains within "
+              f"{row['max_gain_difference_bf16']:.3f}); update fp32 {row['update']['gflops']:.0f} GFLOP/s "
+              f"({row['update']['share_of_shape_peak']:.0%} of its shapes' peak), bf16 {row['update_bf16']['gflops']:.0f} "
+              f"({row['update_bf16']['share_of_shape_peak']:.0%})", flush=True)
     return out
 
 
@@ -215,24 +227,28 @@ def main() -> None:
     with grading.Grader(timeout=cfg.grading.timeout_s, workers=1) as math_verify:
         result["breakdown"] = {"math_verify": breakdown(cfg, math_verify), "exact": breakdown(cfg, addition.ExactGrader())}
         old = {k: inner_loops_per_student(cfg, k, parallel.InProcess(), math_verify) for k in args.ks}
-    new, batched = {}, {}
+    new, batched, batched_bf16 = {}, {}, {}
     for k in args.ks:
         # processes: one student after another on each worker; batched: each worker's share of the
-        # K students as one soar.stacked.Students (parallel.batch_students = its share)
-        for out_, size in ((new, 1), (batched, -(-k // 2))):
+        # K students as one soar.stacked.Students (parallel.batch_students = its share), fp32 or bf16
+        for out_, size, dtype in ((new, 1, "float32"), (batched, -(-k // 2), "float32"),
+                                  (batched_bf16, -(-k // 2), "bfloat16")):
             ex = parallel.ProcessExecutor(2)
             try:
-                c = config.load(overrides={"profile": "addition", "parallel": {"batch_students": size}})
+                c = config.load(overrides={"profile": "addition", "parallel": {"batch_students": size, "batch_dtype": dtype}})
                 out_[k] = inner_loops_per_student(c, k, ex, None)
             finally:
                 ex.close()
     result["inner_loops"] = {
-        "old": old, "new": new, "batched": batched,
+        "old": old, "new": new, "batched": batched, "batched_bf16": batched_bf16,
         "speedup": {k: old[k]["per_student_s"] / new[k]["per_student_s"] for k in args.ks},
         "batched_speedup": {k: old[k]["per_student_s"] / batched[k]["per_student_s"] for k in args.ks},
+        "batched_bf16_speedup": {k: old[k]["per_student_s"] / batched_bf16[k]["per_student_s"] for k in args.ks},
         "same_gains": {k: old[k]["gains"] == new[k]["gains"] == batched[k]["gains"] for k in args.ks},
         "max_gain_difference": {k: max(abs(a - b) for r in (new, batched) for a, b in zip(old[k]["gains"], r[k]["gains"]))
-                                for k in args.ks}}
+                                for k in args.ks},
+        "max_gain_difference_bf16": {k: max(abs(a - b) for a, b in zip(old[k]["gains"], batched_bf16[k]["gains"]))
+                                     for k in args.ks}}
     # a fresh student: the retrain stage's step count (the inner loop's sizes otherwise)
     extra = cfg.retrain.steps - cfg.student.steps
     with grading.Grader(timeout=cfg.grading.timeout_s, workers=1) as math_verify:
@@ -252,8 +268,9 @@ def main() -> None:
     result["batched_full_students"] = {"date": result["date"], **batched_full_students(args.ks)}
     out = paths.BENCHMARKS / "world.json"
     data.write_json(out, result)
-    s = result["inner_loops"]["batched_speedup"]
-    print(f"inner loop per student, batched on processes over old: {', '.join(f'K={k} {v:.2f}x' for k, v in s.items())}; update "
+    s, s16 = result["inner_loops"]["batched_speedup"], result["inner_loops"]["batched_bf16_speedup"]
+    print(f"inner loop per student, batched on processes over old: fp32 {', '.join(f'K={k} {v:.2f}x' for k, v in s.items())}, "
+          f"bf16 {', '.join(f'K={k} {v:.2f}x' for k, v in s16.items())}; update "
           f"{result['update']['gflops']:.0f} GFLOP/s of a {result['gemm_peak_gflops']['float32']:.0f} fp32 peak; "
           f"bf16 {result['bf16']['bf16_over_fp32']:.1f}x the fp32 time -> {out}")
 

@@ -344,6 +344,11 @@ class ParallelConfig:
     their answers sampled in one mixed-adapter batch; full, K stacked copies of a small fp32 Llama
     in one forward and backward (soar.stacked). 1 trains them one after another. The same results
     up to float round-off from the larger batch."""
+    batch_dtype: str = "float32"
+    """float32 | bfloat16: the matmuls of batched full students (soar.stacked) while they train;
+    their weights (fp32 masters), residual stream, norms, attention and logits stay fp32, and their
+    Q_R scores are computed in fp32, as the baseline's. bfloat16 ran the world's inner loop ~1.4x
+    faster on an AVX512-BF16 CPU (benchmarks/bench_world.py), with the same gains up to round-off."""
 
 
 @dataclass(frozen=True)
@@ -456,6 +461,7 @@ CHOICES = {
     "soar.teacher_mode": ("trained", "base"),
     "soar.reward_metric": ("accuracy", "shaped"),
     "parallel.backend": ("inprocess", "processes", "ray"),
+    "parallel.batch_dtype": ("float32", "bfloat16"),
 }
 
 

@@ -137,20 +137,26 @@ def benchmarks(root: Path) -> str:
     if wd:
         il, u, b = wd["inner_loops"], wd["update"], wd["breakdown"]["exact"]["shares"]
         speed = ", ".join(f"K = {k} {v:.2f}x" for k, v in il["speedup"].items())
-        batched = ", ".join(f"K = {k} **{v:.2f}x**" for k, v in il.get("batched_speedup", {}).items())
+        batched = ", ".join(f"K = {k} {v:.2f}x" for k, v in il.get("batched_speedup", {}).items())
+        bf16 = ", ".join(f"K = {k} **{v:.2f}x**" for k, v in il.get("batched_bf16_speedup", {}).items())
         one = wd.get("batched_full_students", {}).get("k", {})
-        alone = ", ".join(f"K = {k} {r['speedup']:.2f}x (its update at {r['update']['share_of_fp32_peak']:.0%} of the "
-                          f"1-thread GEMM peak, {r['update'].get('share_of_shape_peak', float('nan')):.0%} of its own "
-                          f"matmul shapes')" for k, r in one.items())
+
+        def update(r: dict, dtype: str) -> str:
+            return (f"its update at {r['share_of_' + dtype + '_peak']:.0%} of the 1-thread {dtype} GEMM peak, "
+                    f"{r['share_of_shape_peak']:.0%} of its own matmul shapes'")
+
+        alone = ", ".join(f"K = {k} fp32 {r['speedup']:.2f}x ({update(r['update'], 'float32')}), bf16 "
+                          f"{r['speedup_bf16']:.2f}x ({update(r['update_bf16'], 'bfloat16')})" for k, r in one.items())
         row("World inner loop", wd, f"per student, over in-process math-verify on 2 threads: the exact grader on 2 "
-            f"worker processes {speed}; each worker's students batched as one stacked model (soar.stacked) "
-            f"{batched} (largest gain difference {max(il['max_gain_difference'].values()):.3f}); batched over one "
-            f"after another on one thread: {alone}; a fresh "
-            f"student {wd['fresh_student']['speedup']:.2f}x; the update at **{u['gflops']:.0f} GFLOP/s**, "
-            f"{u['share_of_fp32_peak']:.0%} of the same run's fp32 GEMM peak ({wd['gemm_peak_gflops']['float32']:.0f}; "
-            f"bf16 {wd['gemm_peak_gflops']['bfloat16']:.0f}); an inner loop is {b['update']:.0%} update, "
-            f"{b['sampling']:.0%} sampling, {b['reward']:.0%} reward; a bf16 student takes "
-            f"{wd['bf16']['bf16_over_fp32']:.1f}x the fp32 time (kept fp32)")
+            f"worker processes {speed}; each worker's students batched as one stacked model (soar.stacked) in fp32 "
+            f"{batched} (largest gain difference {max(il['max_gain_difference'].values()):.3f}), with bf16 matmuls "
+            f"(parallel.batch_dtype, the default) {bf16} (largest gain difference "
+            f"{max(il['max_gain_difference_bf16'].values()):.3f}); batched over one after another on one thread: "
+            f"{alone}; a fresh student {wd['fresh_student']['speedup']:.2f}x; one student's update at "
+            f"**{u['gflops']:.0f} GFLOP/s**, {u['share_of_fp32_peak']:.0%} of the same run's fp32 GEMM peak "
+            f"({wd['gemm_peak_gflops']['float32']:.0f}; bf16 {wd['gemm_peak_gflops']['bfloat16']:.0f}); an inner loop is "
+            f"{b['update']:.0%} update, {b['sampling']:.0%} sampling, {b['reward']:.0%} reward; one unbatched bf16 "
+            f"student (model.dtype) takes {wd['bf16']['bf16_over_fp32']:.1f}x the fp32 time")
     mem = _load(root / paths.BENCHMARKS / "memory.json")
     if mem:
         def ratios(allocator):

@@ -18,7 +18,11 @@ wrong where it falls back). Why faster than K students one after another: the wo
 so small (~1M parameters, ~20 tokens) that one student's step is mostly per-operation overhead;
 and each question's prompt goes through the model once, its n answers attending to its keys and
 values, in the update too (soar.policy.update recomputes the prompt for every answer).
-fp32 only (the CPU world): a student is its own master there, so nothing else is kept.
+Weights are fp32 (the CPU world: each student is its own master). dtype=torch.bfloat16 runs the
+matmuls in bf16 (the weights cast once per forward, differentiably: the gradients reach the fp32
+stacks, where one fp32 AdamW steps them); the residual stream, norms, attention (its bf16 backward
+ran 10x slower on the CPU), logits and log-probs stay fp32. Setting .dtype back to float32 makes
+the same students answer in fp32 (soar.student.train_students does, before they are scored).
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ class Students:
 
     batched_students = True  # soar.sampling.generate hands a model with this flag to its own `generate`
 
-    def __init__(self, model, count: int, *, trainable: bool = True):
+    def __init__(self, model, count: int, *, trainable: bool = True, dtype: torch.dtype = torch.float32):
         _check(model)
+        self.dtype = dtype  # the matmuls' and attention's; weights, residual stream, norms and logits stay fp32
         cfg = model.config
         self.count, self.layers, self.heads, self.eps = count, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.rms_norm_eps
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
@@ -63,27 +68,36 @@ class Students:
 
     # --- the forward ---------------------------------------------------------------------------
 
-    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """x [K, R, T, in] @ W[k]^T for each student k: one bmm. -> [K, R, T, out]"""
-        K, R, T, _ = x.shape
-        return torch.bmm(x.reshape(K, R * T, -1), self.weights[name].transpose(1, 2)).view(K, R, T, -1)
+    def compute_weights(self) -> dict[str, torch.Tensor]:
+        """The matrices in the compute dtype (a differentiable cast: their gradients reach the fp32
+        stacks), cast once per forward pass or decode."""
+        return {n: w.to(self.dtype) if w.dim() == 3 and n != "model.embed_tokens.weight" else w
+                for n, w in self.weights.items()}
 
-    def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """LlamaRMSNorm (fp32 throughout), each student with its own weight."""
+    def _linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x [K, R, T, in] @ w[k]^T for each student k: one bmm. -> [K, R, T, out]"""
+        K, R, T, _ = x.shape
+        return torch.bmm(x.reshape(K, R * T, -1), w.transpose(1, 2)).view(K, R, T, -1)
+
+    def _norm(self, x: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """LlamaRMSNorm (fp32), each student with its own weight; -> dtype."""
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weights[name][:, None, None, :] * x
+        return (self.weights[name][:, None, None, :] * x).to(dtype)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """transformers' apply_rotary_pos_emb on x [K*R, H, T, D]."""
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
-    def hidden(self, ids: torch.Tensor, pos: torch.Tensor, attend: torch.Tensor, cache: "KV") -> torch.Tensor:
-        """Final-norm hidden states [K, R, T, hidden] of tokens ids [K, R, T] (row r of student k) at
-        positions pos [K, R, T]; attend [K*R, 1, T, L] (True: attend) over the L keys of the cache's
-        earlier tokens and these, which the cache is extended by."""
+    def hidden(self, ids: torch.Tensor, pos: torch.Tensor, attend: torch.Tensor, cache: "KV",
+               w: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Final-norm hidden states [K, R, T, hidden] (fp32) of tokens ids [K, R, T] (row r of student k)
+        at positions pos [K, R, T]; attend [K*R, 1, T, L] (True: attend) over the L keys of the cache's
+        earlier tokens and these, which the cache is extended by; w: compute_weights() (a forward
+        pass's, cast once)."""
+        w = w if w is not None else self.compute_weights()
         K, R, T = ids.shape
-        H, D = self.heads, self.head_dim
+        H, D, dt = self.heads, self.head_dim, self.dtype
         embed = self.weights["model.embed_tokens.weight"]  # [K, V, hidden]
         offset = torch.arange(K, device=ids.device)[:, None, None] * embed.shape[1]  # student k's rows of the flat table
         x = F.embedding(ids + offset, embed.reshape(-1, embed.shape[-1]))  # [K, R, T, hidden]
@@ -94,16 +108,18 @@ class Students:
         cos, sin = emb.cos() * self.rope_scale, emb.sin() * self.rope_scale
         for i in range(self.layers):
             p = f"model.layers.{i}."
-            h = self._norm(x, p + "input_layernorm.weight")
-            q, k, v = (self._linear(h, f"{p}self_attn.{n}_proj.weight").reshape(K * R, T, H, D).transpose(1, 2)
-                       for n in "qkv")  # each [K*R, H, T, D]: the students folded into the batch
+            h = self._norm(x, p + "input_layernorm.weight", dt)
+            # each [K*R, H, T, D]: the students folded into the batch; attention in fp32 (its backward
+            # in bf16 ran 10x slower on the CPU, and its FLOPs are few)
+            q, k, v = (self._linear(h, w[f"{p}self_attn.{n}_proj.weight"]).float().reshape(K * R, T, H, D).transpose(1, 2)
+                       for n in "qkv")
             keys, values = cache.extend(i, self._rope(k, cos, sin), v)
             a = F.scaled_dot_product_attention(self._rope(q, cos, sin), keys, values, attn_mask=attend, scale=D**-0.5)
-            x = x + self._linear(a.transpose(1, 2).reshape(K, R, T, H * D), p + "self_attn.o_proj.weight")
-            h = self._norm(x, p + "post_attention_layernorm.weight")
-            gate, up = self._linear(h, p + "mlp.gate_proj.weight"), self._linear(h, p + "mlp.up_proj.weight")
-            x = x + self._linear(F.silu(gate) * up, p + "mlp.down_proj.weight")
-        return self._norm(x, "model.norm.weight")
+            x = x + self._linear(a.transpose(1, 2).reshape(K, R, T, H * D).to(dt), w[p + "self_attn.o_proj.weight"]).float()
+            h = self._norm(x, p + "post_attention_layernorm.weight", dt)
+            gate, up = self._linear(h, w[p + "mlp.gate_proj.weight"]), self._linear(h, w[p + "mlp.up_proj.weight"])
+            x = x + self._linear(F.silu(gate) * up, w[p + "mlp.down_proj.weight"]).float()
+        return self._norm(x, "model.norm.weight", torch.float32)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """lm_head of hidden states [K, R, T, hidden] -> [K, R, T, V] (tied: the embedding)."""
@@ -111,7 +127,7 @@ class Students:
         K, R, T, _ = h.shape
         return torch.bmm(h.reshape(K, R * T, -1), head.transpose(1, 2)).view(K, R, T, -1)
 
-    def _prompts(self, prompts: Sequence[Sequence[int]], cache: "KV") -> tuple[torch.Tensor, ...]:
+    def _prompts(self, prompts: Sequence[Sequence[int]], cache: "KV", w: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Run K*Q prompts (student-major) left-padded, as soar.sampling's prefill: positions count
         from each prompt's first token. -> (last position's logits [K*Q, V], its position [K*Q],
         key mask [K*Q, P])."""
@@ -126,7 +142,7 @@ class Students:
         # a padding query sees itself too: no row without keys (NaN), and real rows never see padding
         attend = (causal & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=self.device)
         shape = (self.count, len(prompts) // self.count, width)
-        h = self.hidden(ids.view(shape), pos.view(shape), attend[:, None], cache)
+        h = self.hidden(ids.view(shape), pos.view(shape), attend[:, None], cache, w)
         return self.logits(h[:, :, -1:]).reshape(len(prompts), -1), pos[:, -1], valid
 
     # --- sampling ------------------------------------------------------------------------------
@@ -149,8 +165,8 @@ class Students:
         order = [i for o in own for i in o]  # prompt of each (student, question) row, student-major
         prompt_ids = encode_prompts(tokenizer, prompts)
         rows, width = len(order) * n, max(len(prompt_ids[i]) for i in order)
-        cache = KV(self.layers, capacity=width + max_new_tokens)
-        logits, last, valid = self._prompts([prompt_ids[i] for i in order], cache)
+        cache, w = KV(self.layers, capacity=width + max_new_tokens), self.compute_weights()
+        logits, last, valid = self._prompts([prompt_ids[i] for i in order], cache, w)
         fan = torch.arange(len(order), device=self.device).repeat_interleave(n)  # one prefill per prompt, n answers
         cache.select(fan)
         logits, next_pos = logits[fan], last[fan] + 1
@@ -166,7 +182,7 @@ class Students:
             ended |= torch.isin(tokens[:, t], eos)
             if t == max_new_tokens - 1 or bool(ended.all()):
                 break
-            h = self.hidden(tokens[:, t].view(shape), next_pos.view(shape), attend[:, None, None, : width + t + 1], cache)
+            h = self.hidden(tokens[:, t].view(shape), next_pos.view(shape), attend[:, None, None, : width + t + 1], cache, w)
             logits, next_pos = self.logits(h).reshape(rows, -1), next_pos + 1
         out: list[list[Sample]] = [[None] * n for _ in prompts]
         eos_set = set(eos.tolist())
@@ -190,8 +206,8 @@ class Students:
         distinct = [list(dict.fromkeys(s.prompt_ids for s in own)) for own in samples]
         Q = max(map(len, distinct))
         # a student with fewer distinct prompts repeats its first (a row nobody reads)
-        cache = KV(self.layers)
-        first, last, valid = self._prompts([p for d in distinct for p in d + d[:1] * (Q - len(d))], cache)
+        cache, w = KV(self.layers), self.compute_weights()
+        first, last, valid = self._prompts([p for d in distinct for p in d + d[:1] * (Q - len(d))], cache, w)
         index = {(k, p): k * Q + q for k, d in enumerate(distinct) for q, p in enumerate(d)}
         fan = torch.tensor([index[k, s.prompt_ids] for k, own in enumerate(samples) for s in own], device=self.device)
         C = max(len(s.completion_ids) for own in samples for s in own)
@@ -206,7 +222,7 @@ class Students:
             attend = torch.cat((valid[fan][:, None, :].expand(-1, C - 1, -1),
                                 torch.ones(C - 1, C - 1, dtype=torch.bool, device=self.device).tril().expand(K * R, -1, -1)), -1)
             h = self.hidden(comp[:, :-1].view(K, R, C - 1), (last[fan][:, None] + 1 + torch.arange(C - 1, device=self.device)).view(K, R, C - 1),
-                            attend[:, None], cache)
+                            attend[:, None], cache, w)
             logits = torch.cat((logits, self.logits(h).reshape(K * R, C - 1, -1)), 1)
         logps = rl.token_logps(logits.reshape(1, K * R * C, -1), comp.reshape(1, -1))  # one row: no per-sequence loop
         return logps.view(K, R, C), mask.view(K, R, C)

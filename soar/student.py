@@ -175,21 +175,22 @@ def train_student(policy, dataset: Sequence[Problem], cfg, *, steps: int, seed: 
 
 @contextlib.contextmanager
 def train_students(policy, datasets: Sequence[Sequence[Problem]], cfg, *, steps: int, seeds: Sequence[int], grader,
-                   generation):
+                   generation, dtype: torch.dtype = torch.float32):
     """Batched students: train_student for every (datasets[k], seeds[k]) at once from one baseline.
     Under LoRA each student is its own adapter on the policy's base (policy.students), its answers
     sampled in one mixed-adapter batch, then updated with its own AdamW; under full fine-tuning the
     students are the slices of one soar.stacked.Students (one forward, one backward and one
     elementwise AdamW for all, each clipped by its own gradient norm). Student k draws the samples
     train_student would draw (same seed keys), so its result is train_student's up to float
-    round-off from the larger batch.
+    round-off from the larger batch. dtype: full students' compute dtype while they train
+    (parallel.batch_dtype); they answer in fp32 once trained.
 
     A context manager: yields (model, names, [StudentRun]); generate(model, ..., adapters=names)
     answers with the trained students (LoRA: they stay on the base until the block ends).
     cfg: StudentConfig; generation: GenerationConfig."""
     per_step = cfg.questions_per_step
     plans = [question_schedule(len(d), steps, per_step, s) for d, s in zip(datasets, seeds)]
-    with _batched(policy, seeds, cfg, steps, grader) as (model, names, learn, state):
+    with _batched(policy, seeds, cfg, steps, grader, dtype) as (model, names, learn, state):
         histories: list[list[dict]] = [[] for _ in names]
         for step in range(steps):
             batches = [[d[i] for i in plan[step]] for d, plan in zip(datasets, plans)]
@@ -204,18 +205,20 @@ def train_students(policy, datasets: Sequence[Sequence[Problem]], cfg, *, steps:
             own = [samples[k * per_step : (k + 1) * per_step] for k in range(len(names))]  # each student's answers
             for history, stats in zip(histories, learn(batches, own)):
                 history.append({"step": step, **stats})
+        if isinstance(model, Students):
+            model.dtype = torch.float32  # scored as the baseline is: a bf16 argmax near a tie would be noise in a gain
         yield model, names, [StudentRun(state(k), history) for k, history in enumerate(histories)]
 
 
 @contextlib.contextmanager
-def _batched(policy, seeds: Sequence[int], cfg, steps: int, grader):
+def _batched(policy, seeds: Sequence[int], cfg, steps: int, grader, dtype: torch.dtype):
     """The students of train_students: yields (model, names, learn, state): generate(model, ...,
     adapters=names) samples them, learn(batches, samples) makes one RLOO step of every student
     (-> its metrics row each), state(k) is student k's trained state."""
     if policy.adapter == "full":
         with policy.reference() as base:  # fresh full copies of the baseline (a full reset draws nothing)
-            students = Students(base, len(seeds))
-            reference = Students(base, len(seeds), trainable=False) if cfg.kl_coef else None
+            students = Students(base, len(seeds), dtype=dtype)
+            reference = Students(base, len(seeds), trainable=False, dtype=dtype) if cfg.kl_coef else None
         optimizer, scheduler = make_optimizer(students, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=steps)
 
         def learn(batches, samples):

@@ -180,7 +180,7 @@ def inner_loops(worker: Worker, jobs: list[InnerJob]) -> list[dict]:
         chunk, clock = jobs[start : start + size], time.perf_counter()
         with train_students(worker.student, [job.problems for job in chunk], cfg.student, steps=steps,
                             seeds=[seed_from(job.seed, job.student) for job in chunk], grader=worker.grader,
-                            generation=cfg.generation) as (model, names, runs):
+                            generation=cfg.generation, dtype=getattr(torch, cfg.parallel.batch_dtype)) as (model, names, runs):
             train_s, clock = time.perf_counter() - clock, time.perf_counter()
             scores = q_r_scores(model, worker.student.tokenizer, q_r, cfg, grader=worker.grader, adapters=names)
             eval_s = time.perf_counter() - clock

@@ -166,6 +166,50 @@ def test_each_student_is_clipped_by_its_own_gradient_norm(world):
         assert max((mine[n] - theirs[n]).abs().max().item() for n in theirs) < 1e-6
 
 
+def test_bf16_students_take_the_fp32_gradient_in_fp32_masters(world):
+    """parallel.batch_dtype: bfloat16. On the same answers and advantages, each bf16 student's
+    gradient (on its fp32 master: the weights never leave fp32) points where the fp32 student's
+    does and its log-probs are the fp32 ones up to bf16 round-off; with .dtype float32 the same
+    weights answer exactly as fp32 students do."""
+    cfg, policy, pool = world
+    with policy.reference() as base:
+        fp32, bf16 = Students(base, 2), Students(base, 2, dtype=torch.bfloat16)
+    questions = [prompts.student_messages(p.problem) for p in pool[:4]]
+    out = generate(fp32, policy.tokenizer, questions * 2, n=4, max_new_tokens=12, keys=[(5, i) for i in range(8)],
+                   adapters=[0] * 4 + [1] * 4, progress=False)
+    samples = [[s for row in out[4 * k : 4 * (k + 1)] for s in row] for k in range(2)]
+    advantages = [torch.linspace(-1, 1, 16), torch.linspace(1, -1, 16)]
+    bf16.dtype = torch.float32
+    again = generate(bf16, policy.tokenizer, questions * 2, n=4, max_new_tokens=12, keys=[(5, i) for i in range(8)],
+                     adapters=[0] * 4 + [1] * 4, progress=False)
+    assert [[s.completion_ids for s in row] for row in again] == [[s.completion_ids for s in row] for row in out]
+    bf16.dtype = torch.bfloat16
+    (exact, mask), (rounded, _) = fp32.logps(samples), bf16.logps(samples)
+    assert rounded.dtype == torch.float32 and 0 < (rounded - exact)[mask.bool()].abs().max() < 0.05
+    start = torch.cat([w[0].detach().flatten() for w in fp32.parameters()])
+    grads = []  # SGD at lr 1: each student's step is minus its gradient
+    for students in (fp32, bf16):
+        sgd = torch.optim.SGD(students.parameters(), lr=1.0)
+        students.update(sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda s: 1.0), samples, advantages,
+                        kl_coef=0.0, max_grad_norm=1e9)
+        assert {w.dtype for w in students.parameters()} == {torch.float32}
+        grads.append([start - torch.cat([w[k].detach().flatten() for w in students.parameters()]) for k in range(2)])
+    for k in range(2):
+        cos = torch.nn.functional.cosine_similarity(grads[0][k], grads[1][k], dim=0)
+        other = torch.nn.functional.cosine_similarity(grads[0][1 - k], grads[1][k], dim=0)
+        assert cos > 0.99 and other < 0.9, (cos, other)  # a mixed-up student would point elsewhere
+
+
+def test_batched_bf16_students_are_scored_in_fp32(world):
+    """train_students with dtype bf16 trains in bf16 and hands out students that answer in fp32."""
+    cfg, policy, pool = world
+    policy.reset(seed=0)
+    with train_students(policy, [pool[:8], pool[8:16]], cfg.student, steps=2, seeds=[1, 2], grader=addition.ExactGrader(),
+                        generation=cfg.generation, dtype=torch.bfloat16) as (model, names, runs):
+        assert isinstance(model, Students) and model.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for run in runs for v in run.state.values())
+
+
 def test_one_adamw_over_stacked_students_is_one_adamw_per_student():
     """soar.policy.make_optimizer over a Students stack: the same steps as K AdamWs over the slices."""
     torch.manual_seed(0)
