@@ -1,1 +1,1 @@
-fbfdc5e9eab9c9be/12/64
+b8b4f95ee65bfbfe/12/64
