@@ -233,8 +233,9 @@ class RetrainConfig:
     """Fresh-student runs (names in soar.retrain.METHODS: <data>-<schedule>, hard_only[-g128], oracle)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds of every fresh student (paper: 6-12 nested seeds)."""
-    soar_seed: int = 0
-    """The SOAR runs (soar stage seed) whose PQ and teachers the fresh students learn from."""
+    soar_seed: int | None = None
+    """The SOAR runs (soar stage seed) whose PQ, teachers and PS the fresh students learn from;
+    null: nested seeds (PAPER.md), the i-th fresh seed learns from runs.seeds[i mod n]."""
     questions: int = 128
     """N: questions sampled from each teacher for Grounded-T, Base-T and Intrinsic-T (paper: 128)."""
     steps: int = 1500
@@ -478,6 +479,9 @@ def from_dict(data: dict, *, where: str = "params") -> Config:
     if cfg.parallel.batch_students > 1 and cfg.student.adapter == "full" and cfg.generation.backend != "hf":
         raise ConfigError("parallel.batch_students > 1 with student.adapter: full samples on soar.stacked's own "
                           "forward: it needs generation.backend: hf")
+    if cfg.retrain.soar_seed is not None and cfg.retrain.soar_seed not in cfg.runs.seeds:
+        raise ConfigError(f"retrain.soar_seed: {cfg.retrain.soar_seed} is not a SOAR seed (runs.seeds: "
+                          f"{list(cfg.runs.seeds)}); null pairs the fresh seeds with them in turn")
     if cfg.retrain.read_at is not None and cfg.retrain.read_at < 1:
         raise ConfigError(f"retrain.read_at: must be a step (>= 1) or null, got {cfg.retrain.read_at}")
     if cfg.generation.backend == "vllm":

@@ -228,6 +228,14 @@ def main_table(root: Path) -> str:
     lines += ["", f"pass@k in %, mean ± SD over {len(row['seeds'])} seeds; {row['problems']} test problems x "
               f"{m['n_samples']} samples each."]
     rt = _load(root / paths.RESULTS / "retrain" / "metrics.json")
+    if rt and all("soar_seed" in r for r in rt["runs"]):  # which SOAR run's PQ, teachers and PS each seed learned from
+        nested: dict[int, set[int]] = {}
+        for r in rt["runs"]:
+            nested.setdefault(r["soar_seed"], set()).add(r["seed"])
+        lines.append("Seeds are nested (PAPER.md): the fresh students (and SOAR-PS) of seeds "
+                     + "; ".join(f"{', '.join(map(str, sorted(f)))} learn from the SOAR runs of seed {s}"
+                                 for s, f in sorted(nested.items()))
+                     + ", so the CIs over seeds cover the SOAR runs' variance too.")
     if rt and all("died" in r for r in rt["runs"]):
         from collections import Counter
 

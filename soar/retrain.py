@@ -316,18 +316,18 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
     plan = schedule(synthetic, hard, run, seed=seed)
     fp = run_fingerprint(run, seed, [q for b in plan for q in b])
     done, rc = out / "metrics.json", cfg.retrain
+    phase = run["synthetic_steps"] if synthetic else 0  # `died`'s hard phase (a PQ run without PQ: one phase)
     if done.exists() and (old := data.read_json(done)).get("fingerprint") == fp:  # finished before
         rewards = [row["student/reward_mean"] for row in tracking.read_log(out / "metrics.jsonl")]
         chosen, window = choose_checkpoints(rewards, old["saved"], run, rc, pool=pool)
         if all(checkpoint_file(checkpoints, s).exists() for s in window):  # still here (not in git): skip
-            dead = died(rewards, synthetic_steps=run["synthetic_steps"] if synthetic else 0)
+            dead = died(rewards, synthetic_steps=phase)
             if (old["chosen_step"], old["eval_checkpoints"], old.get("died")) != (chosen, window, dead):
                 old = dict(old, chosen_step=chosen, eval_checkpoints=window, died=dead)
                 data.write_json(done, old)
             keep_checkpoints(checkpoints, window)  # those of an earlier choice, or of a killed cleanup
             return old
-    synthetic_ids = {q.id for q in synthetic}
-    start = time.perf_counter()
+    synthetic_ids, start = {q.id for q in synthetic}, time.perf_counter()
     policy.reset(seed=seed_from(seed, 0))
     optimizer, scheduler = make_optimizer(policy, lr=run["lr"], warmup_steps=run["warmup_steps"],
                                           total_steps=run["steps"])
@@ -348,7 +348,7 @@ def train_fresh_student(policy, synthetic: Sequence[Problem], hard: Sequence[Pro
     result = {"fingerprint": fp, "method": run["method"], "rng_seed": seed, "steps": len(rewards),
               "saved": saved, "chosen_step": chosen, "eval_checkpoints": window,
               "reward_mean": float(np.mean(rewards)), "reward_last": rewards[-1],
-              "died": died(rewards, synthetic_steps=run["synthetic_steps"] if synthetic else 0), "run": run,
+              "died": died(rewards, synthetic_steps=phase), "run": run,
               "wall_s": time.perf_counter() - start}
     data.write_json(done, result)  # last, atomically: its presence means the run is complete
     keep_checkpoints(checkpoints, window)
@@ -378,27 +378,43 @@ def soar_files(variant: str, seed: int) -> tuple[Path, Path]:
     return out, state
 
 
-def load_sources(cfg, *, grader) -> dict[str, list[Problem]]:
-    """The non-hard questions each method needs (only those of cfg.retrain.methods): PQ of the
-    grounded run and N questions of each teacher: the final teacher of its SOAR variant's run
-    (TEACHERS; no_promotion for Grounded-T without promotion), or the untrained one for Base-T.
-    The Oracle's real questions come with each pool (`hard_and_oracle`)."""
+def soar_seeds(cfg) -> dict[int, int]:
+    """{fresh-student seed: the seed of the SOAR runs whose PQ, teachers and Promoted Student it
+    learns from}: retrain.soar_seed for every seed, or with null the SOAR seeds in turn (the i-th
+    fresh seed learns from runs.seeds[i mod n]: PAPER.md's nested seeds, so that a CI over fresh
+    seeds also covers the variance between SOAR runs)."""
+    rc, runs = cfg.retrain, cfg.runs.seeds
+    return {s: rc.soar_seed if rc.soar_seed is not None else runs[i % len(runs)] for i, s in enumerate(rc.seeds)}
+
+
+def load_sources(cfg, *, grader) -> dict[int, dict[str, list[Problem]]]:
+    """{SOAR seed: the non-hard questions each method needs (only those of cfg.retrain.methods)}
+    for each SOAR seed the fresh students learn from (`soar_seeds`): PQ of that seed's grounded
+    run and N questions of each teacher: the final teacher of its SOAR variant's run (TEACHERS;
+    no_promotion for Grounded-T without promotion), or the untrained one for Base-T (one sample,
+    shared by every seed: there is one base teacher). The Oracle's real questions come with each
+    pool (`hard_and_oracle`)."""
     rc, needed = cfg.retrain, {method(m).data for m in cfg.retrain.methods} - {None}
-    sources: dict[str, list[Problem]] = {}
-    if "pq" in needed:
-        out, _ = soar_files("grounded", rc.soar_seed)
-        sources["pq"] = [Problem.from_dict(r) for r in data.read_jsonl(out / "pq.jsonl")]
-    for name in needed & set(TEACHERS):
-        variant = TEACHERS[name]
-        if variant is not None:
-            out, _ = soar_files(variant, rc.soar_seed)
-            sources[name] = data.load_problems(out / "questions.jsonl")
-            continue
-        teacher_fp = config.fingerprint(cfg) + f"/{rc.questions}"
-        sources[name] = cached_questions(
-            paths.stage_dir("retrain") / "questions" / "base_t.jsonl", teacher_fp,
-            lambda: sample_questions(load_policy(cfg.model, cfg.teacher), rc.questions, cfg.teacher, cfg.generation,
-                                     seed=seed_from(cfg.seed, 5), grader=grader)[0])
+    sources: dict[int, dict[str, list[Problem]]] = {}
+    base_t: list[Problem] | None = None
+    for soar_seed in sorted(set(soar_seeds(cfg).values())):
+        own = sources[soar_seed] = {}
+        if "pq" in needed:
+            out, _ = soar_files("grounded", soar_seed)
+            own["pq"] = [Problem.from_dict(r) for r in data.read_jsonl(out / "pq.jsonl")]
+        for name in needed & set(TEACHERS):
+            variant = TEACHERS[name]
+            if variant is not None:
+                out, _ = soar_files(variant, soar_seed)
+                own[name] = data.load_problems(out / "questions.jsonl")
+                continue
+            if base_t is None:
+                teacher_fp = config.fingerprint(cfg) + f"/{rc.questions}"
+                base_t = cached_questions(
+                    paths.stage_dir("retrain") / "questions" / "base_t.jsonl", teacher_fp,
+                    lambda: sample_questions(load_policy(cfg.model, cfg.teacher), rc.questions, cfg.teacher,
+                                             cfg.generation, seed=seed_from(cfg.seed, 5), grader=grader)[0])
+            own[name] = base_t
     return sources
 
 
@@ -411,31 +427,33 @@ def hard_and_oracle(cfg, pool: str) -> tuple[list[Problem], list[Problem]]:
     return hard, oracle_questions(hard, official, None, seed=cfg.seed)
 
 
-def train_all(cfg, student, sources: dict[str, list[Problem]], *, grader, executor=None) -> list[dict]:
+def train_all(cfg, student, sources: dict[int, dict[str, list[Problem]]], *, grader, executor=None) -> list[dict]:
     """Every fresh student: pools x methods x seeds, on `executor`'s workers (soar.parallel; by
-    default one after another on `student`, each run resetting it to the base). Finished runs are
-    skipped (see train_fresh_student)."""
-    rc, jobs = cfg.retrain, []
+    default one after another on `student`, each run resetting it to the base), seed s learning
+    from the SOAR runs of seed soar_seeds(cfg)[s] (`load_sources`). Finished runs are skipped
+    (see train_fresh_student)."""
+    rc, jobs, pairs = cfg.retrain, [], soar_seeds(cfg)
     for pool in cfg.fail_at_k.pools:
         hard, oracle = hard_and_oracle(cfg, pool)
         for name in rc.methods:
             run = run_config(name, cfg, pool=pool)
-            synthetic = oracle if run["data"] == "oracle" else sources.get(run["data"], [])
-            if method(name).sample:  # oracle-128: N random real questions, the same for every seed
-                synthetic = oracle_questions(hard, synthetic, rc.questions, seed=seed_from(cfg.seed, 12))
-            jobs += [(pool, name, seed, run, synthetic, hard) for seed in rc.seeds]
+            for seed in rc.seeds:
+                synthetic = oracle if run["data"] == "oracle" else sources[pairs[seed]].get(run["data"], [])
+                if method(name).sample:  # oracle-128: N random real questions, the same for every seed
+                    synthetic = oracle_questions(hard, synthetic, rc.questions, seed=seed_from(cfg.seed, 12))
+                jobs.append((pool, name, seed, pairs[seed], run, synthetic, hard))
     executor = executor or parallel.InProcess()
     return executor.map(_fresh_student, jobs, local=parallel.Worker(student, grader, cfg), desc="fresh students")
 
 
 def _fresh_student(worker: parallel.Worker, job: tuple) -> dict:
     """One fresh student of train_all, on a worker's student and grader."""
-    pool, name, seed, run, synthetic, hard = job
+    pool, name, seed, soar_seed, run, synthetic, hard = job
     where = paths.retrain_run(pool, name, seed)
     res = train_fresh_student(worker.student, synthetic, hard, run, worker.cfg, seed=seed_from(worker.cfg.seed, seed),
                               out=paths.stage_dir("retrain", where), pool=pool, grader=worker.grader, progress=False,
                               checkpoints=paths.run_checkpoint("retrain", where))
-    return {"pool": pool, "seed": seed, **res}
+    return {"pool": pool, "seed": seed, "soar_seed": soar_seed, **res}
 
 
 def tested_pool(cfg, benchmark: str) -> str:
@@ -458,15 +476,16 @@ def test_sets(cfg) -> dict[str, tuple[str, list[Problem]]]:
     return sets
 
 
-def evaluate_all(cfg, student, promoted: PromotedStudent, *, grader) -> dict[str, dict[str, dict[int, list[dict]]]]:
+def evaluate_all(cfg, student, promoted: dict[int, PromotedStudent], *,
+                 grader) -> dict[str, dict[str, dict[int, list[dict]]]]:
     """Sample evaluate.n_samples answers per test problem from every model of the main table:
-    the base model and the Promoted Student (`promoted_student`) once per seed, and every fresh
-    student at the checkpoints of its window. Writes paths.eval_samples files (skipped when
-    already written with the same fingerprint) and returns {benchmark: {model: {seed: records}}}."""
-    ec, rc, out = cfg.evaluate, cfg.retrain, {}
+    the base model and the Promoted Student once per seed (seed s: `promoted`[soar_seeds(cfg)[s]],
+    the PS of the SOAR run it is paired with; `promoted_students`), and every fresh student at the
+    checkpoints of its window. Writes paths.eval_samples files (skipped when already written with
+    the same fingerprint) and returns {benchmark: {model: {seed: records}}}."""
+    ec, rc, out, pairs = cfg.evaluate, cfg.retrain, {}, soar_seeds(cfg)
     settings = {k: v for k, v in config.to_dict(ec).items() if k != "n_boot"} | {"model": cfg.model.name}
     # what each model is, by its weights: the PS's promotions, a fresh student's checkpoints
-    ps_tag = promoted.digest
     digests: dict[Path, str] = {}  # each checkpoint read once, one at a time (paper size: GBs each)
 
     def weights_of(ckpts: list[Path]) -> str:
@@ -478,8 +497,9 @@ def evaluate_all(cfg, student, promoted: PromotedStudent, *, grader) -> dict[str
     jobs = []
     for bench, (pool, problems) in test_sets(cfg).items():
         for seed in rc.seeds:
+            ps = promoted[pairs[seed]]
             jobs += [(bench, problems, BASE, seed, student, [None], ""),
-                     (bench, problems, PS, seed, promoted.policy, [None], ps_tag)]
+                     (bench, problems, PS, seed, ps.policy, [None], ps.digest)]
             for m in rc.methods:
                 where = paths.retrain_run(pool, m, seed)
                 done = data.read_json(paths.stage_dir("retrain", where) / "metrics.json")
@@ -529,8 +549,14 @@ def best_promotion(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda j: (scores[j], j)) + 1 if scores else 0
 
 
-def promoted_student(cfg, *, grader=None) -> PromotedStudent:
-    """The Promoted Student (PS; PAPER.md): of the students the grounded SOAR run promoted, the
+def promoted_students(cfg, *, grader=None) -> dict[int, PromotedStudent]:
+    """{SOAR seed: its grounded run's Promoted Student} for every SOAR seed the fresh students are
+    paired with (`soar_seeds`)."""
+    return {s: promoted_student(cfg, s, grader=grader) for s in sorted(set(soar_seeds(cfg).values()))}
+
+
+def promoted_student(cfg, soar_seed: int, *, grader=None) -> PromotedStudent:
+    """The Promoted Student (PS; PAPER.md): of the students the grounded SOAR run of `soar_seed` promoted, the
     one with the best greedy accuracy on D_train (soar.teacher.q_r_score on the whole of D_train,
     so the profile's soar.reward_metric), as it is: it never trains on real hard problems. The
     promoted student after promotion j is the base with promotions 1..j merged in. The base model
@@ -540,7 +566,7 @@ def promoted_student(cfg, *, grader=None) -> PromotedStudent:
     grader = grader or worlds.of(cfg).grader(cfg.grading)
     # the state also holds the teacher and its optimizer (paper size: tens of GB): mmap, read only
     # the promotions
-    state = torch.load(soar_files("grounded", cfg.retrain.soar_seed)[1], map_location="cpu", mmap=True,
+    state = torch.load(soar_files("grounded", soar_seed)[1], map_location="cpu", mmap=True,
                        weights_only=False)
     promotions, d_train = state.promotions, reward_pool(cfg)
     policy, scores = load_policy(cfg.model, cfg.student), []

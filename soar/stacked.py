@@ -45,7 +45,7 @@ class Students:
 
     def __init__(self, model, count: int, *, trainable: bool = True, dtype: torch.dtype = torch.float32):
         _check(model)
-        self.dtype = dtype  # the matmuls' and attention's; weights, residual stream, norms and logits stay fp32
+        self.dtype = dtype  # the matmuls' (weights cast per forward); residual stream, norms, attention, logits: fp32
         cfg = model.config
         self.count, self.layers, self.heads, self.eps = count, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.rms_norm_eps
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads

@@ -354,7 +354,7 @@ def test_a_second_pool_is_out_of_distribution_and_extra_benchmarks_test_the_firs
         "evaluate": {"extra": ["aime24", "amc23"], "limit": 2}})
     student = Policy(*load_model("smollm2-135m-instruct", device="cpu"), adapter="lora", lora_r=4, lora_alpha=8)
     pq = [Problem("pq/0", "What is 7 - 3?", "4")]
-    runs = retrain.train_all(cfg, student, {"pq": pq}, grader=grader)
+    runs = retrain.train_all(cfg, student, {0: {"pq": pq}}, grader=grader)  # fresh seed 0 <- SOAR seed 0
     assert [r["pool"] for r in runs] == ["math_test", "olympiadbench"]
     for pool in ("math_test", "olympiadbench"):
         rows = tracking.read_log(paths.stage_dir("retrain", paths.retrain_run(pool, "pq-mixed", 0)) / "metrics.jsonl")
@@ -414,8 +414,9 @@ def test_grounded_t_without_promotion_learns_from_the_no_promotion_runs_final_te
         paths.run_checkpoint("soar", name).mkdir(parents=True)
         (paths.run_checkpoint("soar", name) / "state.pt").write_bytes(b"")
     cfg = config.load(root / "params.yaml", {"retrain": {"methods": ["grounded_t-curriculum",
-                                                                     "grounded_t_no_promotion-curriculum"]}})
-    sources = retrain.load_sources(cfg, grader=None)
+                                                                     "grounded_t_no_promotion-curriculum"],
+                                                         "soar_seed": 0}})
+    sources = retrain.load_sources(cfg, grader=None)[0]
     assert [p.id for p in sources["grounded_t_no_promotion"]] == ["no_promotion/q"]
     assert [p.id for p in sources["grounded_t"]] == ["grounded/q"]
     assert evaluation.LABELS["grounded_t_no_promotion-curriculum"] == "Grounded-T without promotion (curriculum)"
@@ -452,9 +453,41 @@ def test_promoted_student_is_the_promoted_student_best_on_d_train(tmp_path, monk
     torch.save(SoarState(promotions=promotions), paths.run_checkpoint("soar", name) / "state.pt")
     scores = iter([0.1, 0.3, 0.2])
     monkeypatch.setattr(teacher, "q_r_score", lambda model, tok, q_r, cfg, *, grader: next(scores))
-    ps = retrain.promoted_student(cfg, grader=None)
+    ps = retrain.promoted_student(cfg, 0, grader=None)
     assert (ps.promotions, ps.d_train_scores) == (2, [0.1, 0.3, 0.2])
     assert ps.digest == retrain.weights_digest([p["state"] for p in promotions[:2]])
+
+
+def test_fresh_seeds_are_nested_in_the_soar_seeds_and_learn_from_their_runs(tmp_path, monkeypatch):
+    """retrain.soar_seed null: the i-th fresh seed learns from the (i mod n)-th SOAR seed's
+    grounded teacher and PQ (each seed's own questions reach its students); a set soar_seed is
+    every seed's; one that is no SOAR seed is refused."""
+    from soar import data, paths
+
+    root = _toy_project(tmp_path, monkeypatch)
+    for s in (10, 20):
+        name = paths.soar_run("grounded", s)
+        data.write_json(paths.stage_dir("soar", name) / "metrics.json", {})
+        data.write_jsonl(paths.stage_dir("soar", name) / "questions.jsonl", [Problem(f"t{s}", "Q?", "1")])
+        data.write_jsonl(paths.stage_dir("soar", name) / "pq.jsonl", [Problem(f"pq{s}", "Q?", "2").to_dict()])
+        paths.run_checkpoint("soar", name).mkdir(parents=True)
+        (paths.run_checkpoint("soar", name) / "state.pt").write_bytes(b"")
+    nested = {"runs": {"seeds": [10, 20]},
+              "retrain": {"methods": ["grounded_t-curriculum", "pq-mixed"], "seeds": [5, 6, 7], "soar_seed": None}}
+    cfg = config.load(root / "params.yaml", nested)
+    assert retrain.soar_seeds(cfg) == {5: 10, 6: 20, 7: 10}
+    seen = {}
+    monkeypatch.setattr(retrain, "train_fresh_student", lambda policy, synthetic, hard, run, cfg, **kw:
+                        seen.setdefault((run["method"], kw["seed"]), [p.id for p in synthetic]) and {})
+    runs = retrain.train_all(cfg, None, retrain.load_sources(cfg, grader=None), grader=None)
+    assert [(r["seed"], r["soar_seed"]) for r in runs] == [(5, 10), (6, 20), (7, 10)] * 2
+    fresh = {s: retrain.seed_from(cfg.seed, s) for s in (5, 6, 7)}
+    assert [seen["grounded_t-curriculum", fresh[s]] for s in (5, 6, 7)] == [["t10"], ["t20"], ["t10"]]
+    assert [seen["pq-mixed", fresh[s]] for s in (5, 6, 7)] == [["pq10"], ["pq20"], ["pq10"]]
+    cfg = config.load(root / "params.yaml", nested | {"retrain": nested["retrain"] | {"soar_seed": 20}})
+    assert retrain.soar_seeds(cfg) == {5: 20, 6: 20, 7: 20}
+    with pytest.raises(config.ConfigError, match="retrain.soar_seed: 30 is not a SOAR seed"):
+        config.load(root / "params.yaml", nested | {"retrain": nested["retrain"] | {"soar_seed": 30}})
 
 
 def test_read_at_reads_every_method_at_the_same_steps():

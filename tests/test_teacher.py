@@ -215,6 +215,10 @@ def test_a_promotion_is_confirmed_on_d_train_outside_q_r(tmp_path, grader, monke
     assert len(run.state.promotions) == int(promoted) and len(run.state.grounded_history) == int(not promoted)
     if promoted:  # the candidate judged is the one promoted
         assert run.state.promotions[0]["state"] is seen[0][1]
+    run.save()  # a resumed run goes on from the same decision: the kept average, or the promotion
+    resumed = build_run(cfg, tmp_path / "c.pt", grader).state
+    assert resumed.step == 1 and resumed.grounded_history == run.state.grounded_history
+    assert [p["step"] for p in resumed.promotions] == [p["step"] for p in run.state.promotions]
 
 
 @pytest.mark.slow
