@@ -476,18 +476,31 @@ def findings(root: Path) -> str:
     reward above 0; does each method beat Hard-Only on the hard test split; what happens to the
     teachers' diversity; how much of the Oracle's gain is recovered."""
     from soar.evaluation import PAPER_MATH
-    from soar.metrics import aggregate_seeds, bootstrap_ci
+    import numpy as np
+
+    from soar.metrics import aggregate_seeds
 
     def summary(by_seed: dict[str, list[float]]) -> str:
-        by_seed = {s: v for s, v in by_seed.items() if v}
+        """Mean ± SD of the per-seed means, and a two-level bootstrap CI of that mean: each draw
+        resamples the seeds, then each drawn seed's own datasets (seeds are the unit of
+        replication); with one seed the CI is over its datasets only, and says so."""
+        by_seed = {s: np.asarray(v, dtype=float) for s, v in by_seed.items() if v}
         if not by_seed:
             return "no dataset"
-        seeds = aggregate_seeds([sum(v) / len(v) for v in by_seed.values()])
-        pooled = [x for v in by_seed.values() for x in v]
-        lo, hi = bootstrap_ci(pooled)
+        runs = list(by_seed.values())
+        seeds = aggregate_seeds([v.mean() for v in runs])
+        rng = np.random.default_rng(0)
+        draws = [np.mean([(v := runs[i])[rng.integers(0, v.size, v.size)].mean()
+                          for i in rng.integers(0, len(runs), len(runs))]) for _ in range(1000)]
+        lo, hi = np.quantile(draws, [0.025, 0.975])
         verdict = "above 0" if lo > 0 else "below 0" if hi < 0 else "not distinguishable from 0"
-        return (f"{seeds['mean']:+.3f} ± {seeds['std']:.3f} (mean ± SD over {seeds['n']} seeds; 95% CI over its "
-                f"{len(pooled)} datasets {lo:+.3f} to {hi:+.3f}: **{verdict}**)")
+        over = (f"seeds, then their {sum(v.size for v in runs)} datasets" if len(runs) > 1
+                else f"its {runs[0].size} datasets, one seed: no seed-level CI")
+        floor = ("; no dataset's gain is below 0, so above 0 says only that some "
+                 "dataset taught something" if lo > 0 and min(v.min() for v in runs) >= 0 else "")
+        return (f"{seeds['mean']:+.3f} ± {seeds['std']:.3f} (mean ± SD over {seeds['n']} "
+                f"seed{'s' if seeds['n'] > 1 else ''}; 95% CI over {over}: {lo:+.3f} to {hi:+.3f}, "
+                f"**{verdict}**{floor})")
 
     lines = []
     fk, ev = _load(root / paths.RESULTS / "fail_at_k" / "metrics.json"), _load(root / paths.RESULTS / "eval" / "metrics.json")

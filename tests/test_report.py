@@ -51,3 +51,18 @@ def test_sweep_block_has_one_row_per_cell_that_ran(tmp_path):
     text = readme.read_text()
     assert "| tau0.01-n1 | 2 | +0.0125 | 2 | 0, 1 | 90% | 101 |" in text
     assert "| tau0.02-n1 | 2 | +0.0125 | 0 | none | 90% | 101 |" in text
+
+
+def test_the_teacher_reward_ci_resamples_seeds_first(tmp_path):
+    """Two grounded runs: every dataset of one gained 0.1, every dataset of the other 0. Pooled,
+    their 200 datasets put the mean gain above 0 with a narrow CI; seeds are the unit of
+    replication, so the two-level CI (seeds, then datasets) reaches 0 and says not shown."""
+    for seed, gain in ((0, 0.1), (1, 0.0)):
+        run = tmp_path / f"results/soar/grounded/seed{seed}"
+        (run / "samples").mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "promotion": False}) + "\n")
+        (run / "samples/step_000000.jsonl").write_text(
+            "".join(json.dumps({"step": 0, "dataset": d, "grounded": gain}) + "\n" for d in range(100)))
+    line = next(x for x in report.findings(tmp_path).splitlines() if "Grounded teacher reward, grounded" in x)
+    assert "+0.050 ± 0.071 (mean ± SD over 2 seeds; 95% CI over seeds, then their 200 datasets: +0.000 to +0.100" in line
+    assert "**not distinguishable from 0**" in line and "after it no dataset" in line
