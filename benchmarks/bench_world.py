@@ -11,7 +11,8 @@ outer step). In one run, on this machine's 2 cores:
   up to float round-off: fp32's or bf16's);
 - in one process on ONE thread, K inner loops one after another against K batched full students
   (fp32 and bf16), with the batched update's GFLOP/s against the same run's 1-thread GEMM peak of
-  its dtype and against its own shapes' peak;
+  its dtype and against its own shapes' peak, and a profile of where its time goes (GEMMs,
+  attention, the rest);
 - one fresh student (the retrain stage's sizes) alone in-process against two at once on the
   worker processes, per student;
 - one inner loop with the student in bf16 (fp32 masters), against fp32.
@@ -141,6 +142,34 @@ def shape_peak(model_cfg, k: int, tokens: int, repeats: int = 20, dtype: torch.d
     return flops / min(_timed(run) for _ in range(3)) / 1e9
 
 
+GEMM_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::matmul", "aten::linear")
+ATTENTION = ("scaled_dot_product", "flash_attention")
+
+
+def update_profile(fn, flops: float, peak: float) -> dict:
+    """Where one update's time goes, by torch.profiler's self CPU time per operator: GEMMs, attention
+    (SDPA forward and backward) and the rest (norms, RoPE, activations, casts, the optimizer,
+    autograd's bookkeeping), with the largest of the rest; and the rate the update would reach if
+    everything but its GEMMs took no time (its counted FLOPs over its GEMMs' time), as a share of
+    the GEMM peak: what cutting the non-GEMM work alone could buy. The profiler slows small
+    operators more than large ones, so the non-GEMM share is an upper bound."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    total = sum(ops.values())
+    gemm = sum(t for k, t in ops.items() if k in GEMM_OPS)
+    attention = sum(t for k, t in ops.items() if any(a in k for a in ATTENTION))
+    rest = sorted(((t, k) for k, t in ops.items() if k not in GEMM_OPS and not any(a in k for a in ATTENTION)),
+                  reverse=True)
+    return {"profiled_s": total, "gemm_share": gemm / total, "attention_share": attention / total,
+            "other_share": 1 - (gemm + attention) / total,
+            "top_other": [{"op": k, "share": t / total} for t, k in rest[:6]],
+            "gemm_only_share_of_peak": flops / gemm / 1e9 / peak if gemm else None}
+
+
 def batched_full_students(ks) -> dict:
     """One thread, one process: K inner loops one after another against K batched full students
     (the same jobs, gains compared), and the batched update's counted FLOPs per second."""
@@ -194,7 +223,8 @@ def batched_full_students(ks) -> dict:
             rate = counter.get_total_flops() / best / 1e9
             row[key] = {"flops": counter.get_total_flops(), "seconds": best, "gflops": rate,
                         f"share_of_{name}_peak": rate / peaks[name], "shape_peak_gflops": peak,
-                        "share_of_shape_peak": rate / peak}
+                        "share_of_shape_peak": rate / peak,
+                        "profile": update_profile(one, counter.get_total_flops(), peaks[name])}
         out["k"][k] = row
         print(f"K={k}: one at a time {row['one_at_a_time']['per_student_s']:.2f} s/student, batched fp32 "
               f"{row['batched']['per_student_s']:.2f} ({row['speedup']:.2f}x, same gains: {row['same_gains']}), bf16 "

@@ -142,8 +142,13 @@ def benchmarks(root: Path) -> str:
         one = wd.get("batched_full_students", {}).get("k", {})
 
         def update(r: dict, dtype: str) -> str:
-            return (f"its update at {r['share_of_' + dtype + '_peak']:.0%} of the 1-thread {dtype} GEMM peak, "
+            text = (f"its update at {r['share_of_' + dtype + '_peak']:.0%} of the 1-thread {dtype} GEMM peak, "
                     f"{r['share_of_shape_peak']:.0%} of its own matmul shapes'")
+            if (p := r.get("profile")) and p["gemm_only_share_of_peak"] is not None:  # where the rest of the time goes
+                text += (f"; GEMMs {p['gemm_share']:.0%} of its profiled time, attention {p['attention_share']:.0%}, "
+                         f"the rest {p['other_share']:.0%} (most: {', '.join(o['op'] for o in p['top_other'][:3])}); "
+                         f"its GEMMs alone run at {p['gemm_only_share_of_peak']:.0%} of the peak")
+            return text
 
         alone = ", ".join(f"K = {k} fp32 {r['speedup']:.2f}x ({update(r['update'], 'float32')}), bf16 "
                           f"{r['speedup_bf16']:.2f}x ({update(r['update_bf16'], 'bfloat16')})" for k, r in one.items())
