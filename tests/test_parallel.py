@@ -176,7 +176,7 @@ def test_inner_loops_give_the_same_students_on_one_or_two_worker_processes(refer
 
     cfg = toy_cfg()
     problems = load_benchmark("gsm8k_test", limit=4, seed=0)[:2]
-    jobs = [InnerJob(problems, problems, 0.0, 0, seed, student) for seed in (3, 4) for student in (0, 1)]
+    jobs = [InnerJob(problems, problems, 0.0, 0, seed, student) for seed, student in ((3, 0), (4, 1))]  # one per worker
     promotions = torch.load(reference_run.step0, weights_only=False).promotions  # replayed by every worker
     results = {}
     for workers in (1, 2):
