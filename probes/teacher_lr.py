@@ -5,13 +5,17 @@ pure noise (snr 0). Everything else is soar.teacher's step 1 and 4: propose_data
 each group, soar.policy.update of the teacher (AdamW cosine over the steps, the default KL).
     python probes/teacher_lr.py            # the pre-registered grid, then the noisy arms
     python probes/teacher_lr.py explore    # after P7, not pre-registered: more steps or datasets
-Writes results/world-probes/teacher_lr.json (explore: teacher_lr_explore.json)."""
+    python probes/teacher_lr.py questions  # P9: P7's grid with the loss on the questions' tokens only
+Writes results/world-probes/teacher_lr.json (explore: teacher_lr_explore.json; questions:
+teacher_lr_questions.json)."""
 import json
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import dataclasses
 
 import torch
 
@@ -24,9 +28,15 @@ OUT = Path("results/world-probes/teacher_lr.json")
 STONE = 2  # the level of gate 2's stepping stone
 
 
-def run(lr: float, seed: int, snr: float | None, soar: dict | None = None) -> dict:
+def question_only(sample, end_id: int):
+    """P9: the sample cut after its `</question>` token, so the loss sees the question's tokens only."""
+    ids = sample.completion_ids
+    return dataclasses.replace(sample, completion_ids=ids[: ids.index(end_id) + 1] if end_id in ids else ids)
+
+
+def run(lr: float, seed: int, snr: float | None, soar: dict | None = None, questions: bool = False) -> dict:
     """One proxy run; snr None: the proxy alone; 0: pure noise; else proxy + noise. soar: overrides
-    of the soar section (outer_steps, groups_per_step) for the exploration after P7."""
+    of the soar section (outer_steps, groups_per_step) for the exploration after P7. questions: P9."""
     cfg = config.load("params.yaml", {"soar": soar or {}})
     sc, tc = cfg.soar, cfg.teacher
     teacher = load_policy(cfg.model, tc)
@@ -47,6 +57,9 @@ def run(lr: float, seed: int, snr: float | None, soar: dict | None = None) -> di
             rewards = [p + noise.gauss(0, spread / snr) for p in proxy]
         A = rl.rloo_advantages(torch.tensor(rewards).view(sc.groups_per_step, sc.group_size)).flatten()
         pairs = [s for X in datasets for s in X.samples]
+        if questions:
+            end = teacher.tokenizer.convert_tokens_to_ids("</question>")
+            pairs = [question_only(s, end) for s in pairs]
         adv = torch.cat([A[k].repeat(len(X.samples)) for k, X in enumerate(datasets)])
         update(teacher, optimizer, scheduler, pairs, adv, kl_coef=tc.kl_coef, max_grad_norm=tc.max_grad_norm,
                micro_batch=tc.micro_batch)
@@ -57,7 +70,8 @@ def run(lr: float, seed: int, snr: float | None, soar: dict | None = None) -> di
     first = statistics.mean(s["stone_correct"] for s in steps[:3])
     last = statistics.mean(s["stone_correct"] for s in steps[-3:])
     correct_last = statistics.mean(s["correct"] for s in steps[-3:])
-    return {"lr": lr, "seed": seed, "snr": snr, "soar": soar or {}, "first": first, "last": last, "correct_last": correct_last,
+    return {"lr": lr, "seed": seed, "snr": snr, "soar": soar or {}, "questions_only": questions,
+            "first": first, "last": last, "correct_last": correct_last,
             "moves": last >= 2 * first and last >= first + 0.10, "breaks": correct_last < 0.80, "steps": steps}
 
 
@@ -81,32 +95,48 @@ def explore() -> None:
 def main() -> None:
     if sys.argv[1:] == ["explore"]:
         return explore()
+    questions = sys.argv[1:] == ["questions"]
+    path = OUT.with_name("teacher_lr_questions.json") if questions else OUT
     torch.set_num_threads(2)
     lrs, seeds = (5e-5, 1e-4, 3e-4, 1e-3), (0, 1)
-    out = {"stone": STONE, "runs": []}
+    out = {"stone": STONE, "questions_only": questions, "runs": []}
 
     def go(lr, seed, snr):
         start = time.time()
-        r = run(lr, seed, snr)
+        r = run(lr, seed, snr, questions=questions)
         out["runs"].append(r)
         print(f"lr {lr:g} seed {seed} snr {snr}: stone {r['first']:.3f} -> {r['last']:.3f}, correct "
               f"{r['correct_last']:.2f}, moves {r['moves']}, breaks {r['breaks']} ({time.time() - start:.0f} s)",
               flush=True)
-        OUT.write_text(json.dumps(out, indent=1))
+        path.write_text(json.dumps(out, indent=1))
 
+    if questions:  # beside P9's arms, P7's (the paper's loss) on the same teacher model
+        paper = []
+        for lr in lrs:
+            for seed in seeds:
+                for snr in (None, 0):
+                    paper.append(run(lr, seed, snr))
+                    print(f"paper loss: lr {lr:g} seed {seed} snr {snr}: stone {paper[-1]['first']:.3f} -> "
+                          f"{paper[-1]['last']:.3f}, correct {paper[-1]['correct_last']:.2f}", flush=True)
+        out["paper_loss_runs"] = paper
     for lr in lrs:
         for seed in seeds:
             go(lr, seed, None)
             go(lr, seed, 0)
     ok = [lr for lr in lrs if all(r["moves"] and not r["breaks"] for r in out["runs"] if r["lr"] == lr and r["snr"] is None)
-          and not any(r["breaks"] for r in out["runs"] if r["lr"] == lr)]
+          and not any(r["breaks"] for r in out["runs"] if r["lr"] == lr)
+          # P9 adds: with answers out of the loss, pure noise must not move the questions either
+          and not (questions and any(r["moves"] for r in out["runs"] if r["lr"] == lr and r["snr"] == 0))]
     out["calibrated_lr"] = ok[0] if ok else None
     print("calibrated lr:", out["calibrated_lr"], flush=True)
     if ok:
-        for snr in (1.0, 0.3, 0.1):
+        for snr in (1.0, 0.3, 0.17 if questions else 0.1):
             for seed in seeds:
                 go(ok[0], seed, snr)
-    OUT.write_text(json.dumps(out, indent=1))
+    if questions:  # P9's decision: adopted if it moves in both seeds at the grounded reward's SNR
+        out["adopt"] = bool(ok) and all(r["moves"] for r in out["runs"] if r["snr"] == 0.17) \
+            and sum(r["snr"] == 0.17 for r in out["runs"]) == len(seeds)
+    path.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
