@@ -44,8 +44,13 @@ def run(lr: float, seed: int, snr: float | None, soar: dict | None = None, quest
     noise = random.Random(seed_from(seed, 77, 0 if snr is None else int(snr * 1000) + 1))
     steps = []
     for t in range(sc.outer_steps):
-        datasets, _ = propose_datasets(teacher, sc.group_size * sc.groups_per_step, sc.n, tc, cfg.generation,
-                                       seed=seed_from(seed, t, 0), grader=addition.ExactGrader())
+        try:
+            datasets, _ = propose_datasets(teacher, sc.group_size * sc.groups_per_step, sc.n, tc, cfg.generation,
+                                           seed=seed_from(seed, t, 0), grader=addition.ExactGrader())
+        except RuntimeError:  # the teacher no longer writes the format: broken, and nothing more to read
+            return {"lr": lr, "seed": seed, "snr": snr, "soar": soar or {}, "questions_only": questions,
+                    "collapsed_at": t, "first": None, "last": None, "correct_last": 0.0, "moves": False,
+                    "breaks": True, "steps": steps}
         readings = [[addition.read(p.problem, p.answer) for p in X.problems] for X in datasets]
         proxy = [sum(r.level == STONE and bool(r.correct) for r in rs) / len(rs) for rs in readings]
         spread = statistics.pstdev(proxy) or 1e-3
@@ -73,6 +78,13 @@ def run(lr: float, seed: int, snr: float | None, soar: dict | None = None, quest
     return {"lr": lr, "seed": seed, "snr": snr, "soar": soar or {}, "questions_only": questions,
             "first": first, "last": last, "correct_last": correct_last,
             "moves": last >= 2 * first and last >= first + 0.10, "breaks": correct_last < 0.80, "steps": steps}
+
+
+def _line(r: dict) -> str:
+    if r["first"] is None:
+        return f"collapsed at step {r['collapsed_at']} (no longer writes the format)"
+    return (f"stone {r['first']:.3f} -> {r['last']:.3f}, correct {r['correct_last']:.2f}, moves {r['moves']}, "
+            f"breaks {r['breaks']}")
 
 
 def explore() -> None:
@@ -105,9 +117,7 @@ def main() -> None:
         start = time.time()
         r = run(lr, seed, snr, questions=questions)
         out["runs"].append(r)
-        print(f"lr {lr:g} seed {seed} snr {snr}: stone {r['first']:.3f} -> {r['last']:.3f}, correct "
-              f"{r['correct_last']:.2f}, moves {r['moves']}, breaks {r['breaks']} ({time.time() - start:.0f} s)",
-              flush=True)
+        print(f"lr {lr:g} seed {seed} snr {snr}: {_line(r)} ({time.time() - start:.0f} s)", flush=True)
         path.write_text(json.dumps(out, indent=1))
 
     if questions:  # beside P9's arms, P7's (the paper's loss) on the same teacher model
@@ -116,8 +126,7 @@ def main() -> None:
             for seed in seeds:
                 for snr in (None, 0):
                     paper.append(run(lr, seed, snr))
-                    print(f"paper loss: lr {lr:g} seed {seed} snr {snr}: stone {paper[-1]['first']:.3f} -> "
-                          f"{paper[-1]['last']:.3f}, correct {paper[-1]['correct_last']:.2f}", flush=True)
+                    print(f"paper loss: lr {lr:g} seed {seed} snr {snr}: {_line(paper[-1])}", flush=True)
         out["paper_loss_runs"] = paper
     for lr in lrs:
         for seed in seeds:
