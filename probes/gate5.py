@@ -3,8 +3,9 @@ OLS of each dataset's reward on its counts of each kind of pair (correct level 0
 level 0 the reference), over the datasets of the three runs of a variant; CIs from bootstrap
 resamples of the datasets within each run. The intrinsic runs' learnability reward decides the
 gate; the grounded runs' grounded reward stands beside it.
-    python probes/gate5.py [ROOT]     # ROOT: a checkout holding results/soar (default: .)
-Writes results/world-probes/gate5.json."""
+    python probes/gate5.py [ROOT [OUT]]   # ROOT: a checkout holding results/soar (default: .)
+Writes OUT (default results/world-probes/gate5.json: P8's reading; gate5_intel.json is the same
+reading of the runs re-made on another CPU, docs/world-design.md)."""
 import json
 import sys
 from pathlib import Path
@@ -72,12 +73,13 @@ def read(rows) -> dict:
 
 def main() -> None:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".")
+    out = Path(sys.argv[2]) if len(sys.argv) > 2 else OUT
     intrinsic = read(datasets(root, "intrinsic", "reward"))
     grounded = read(datasets(root, "grounded", "grounded"))
     passed = intrinsic["largest"] != USEFUL and intrinsic["largest"] in intrinsic["ranked_above_useful"]
     result = {"useful": USEFUL, "gate5_passes": passed, "intrinsic": intrinsic, "grounded (beside)": grounded}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     for name, r in (("intrinsic", intrinsic), ("grounded", grounded)):
         print(f"{name}: {r['datasets']} datasets; mean counts {r['mean_counts']}; largest {r['largest']}; "
               f"above {USEFUL}: {r['ranked_above_useful']}")

@@ -6,7 +6,9 @@ Input is what the evaluate stage writes per (benchmark, model, seed): one record
 and evaluated checkpoint with n and successes (`soar.student.Evaluation.records`). A problem's
 pass@k is averaged over the checkpoints of its run's window, then over seeds; CIs are two-level
 bootstraps, seeds then test problems (paired across methods: the same draws for each), so a
-comparison carried by one seed is not called shown. Values are fractions; tables show %.
+comparison carried by one seed is not called shown. Where seeds are nested (PAPER.md: several fresh
+seeds learn from one SOAR run), the draws resample the SOAR seeds first, then the fresh seeds within
+each, so one SOAR run's luck cannot pass for an effect. Values are fractions; tables show %.
 """
 
 from __future__ import annotations
@@ -62,10 +64,10 @@ def problem_pass_at_k(records: Sequence[Mapping], ks: Sequence[int]) -> dict[str
 
 
 def summarize(runs: Mapping[str, Mapping[int, Sequence[Mapping]]], ks: Sequence[int], *, n_boot: int = 1000,
-              seed: int = 0) -> dict:
+              seed: int = 0, groups: Mapping[int, int] | None = None) -> dict:
     """Per model of one benchmark: pass@k per seed, mean/std over seeds, and a two-level bootstrap
-    95% CI (seeds, then test problems) of the mean pass@k; plus the per-seed per-problem values
-    the CIs and the Oracle share resample. runs: {model: {seed: records}}."""
+    95% CI (seeds, then test problems; `_means`, with `groups`) of the mean pass@k; plus the
+    per-seed per-problem values the CIs and the Oracle share resample. runs: {model: {seed: records}}."""
     out = {}
     for model, by_seed in runs.items():
         per_seed = {s: problem_pass_at_k(recs, ks) for s, recs in by_seed.items()}
@@ -79,14 +81,16 @@ def summarize(runs: Mapping[str, Mapping[int, Sequence[Mapping]]], ks: Sequence[
             "seeds": sorted(per_seed), "problems": len(ids), "ids": ids,
             "per_seed": {str(k): seed_means[k] for k in ks},
             **{stat: {str(k): aggregate_seeds(seed_means[k])[stat] for k in ks} for stat in ("mean", "std")},
-            "ci": {str(k): _ci(_means(np.array([per_seed_problem[k]]), n_boot, seed)[:, 0]) for k in ks},
+            "ci": {str(k): _ci(_means(np.array([per_seed_problem[k]]), n_boot, seed, _groups(per_seed, groups))[:, 0])
+                   for k in ks},
             "per_problem": {str(k): per_problem[k] for k in ks},
             "per_seed_problem": {str(k): per_seed_problem[k] for k in ks},
         }
     return out
 
 
-def oracle_share(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int = 1000, seed: int = 0) -> dict:
+def oracle_share(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int = 1000, seed: int = 0,
+                 groups: Mapping[int, int] | None = None) -> dict:
     """(M - Hard-Only) / (Oracle - Hard-Only) for every other fresh-student method M, with a
     paired two-level bootstrap CI (seeds, then test problems; `_means`). None where the Oracle
     gains nothing over Hard-Only (the share is undefined); `undefined_draws` counts such draws."""
@@ -100,7 +104,8 @@ def oracle_share(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int
         for k in ks:
             x = _paired(table, (m, "hard_only", "oracle"), k)  # (3, S, P)
             value = _share(x.mean(axis=(1, 2)))
-            shares = np.array([_share(d) for d in _means(x, n_boot, seed)], dtype=float)
+            shares = np.array([_share(d) for d in _means(x, n_boot, seed, _groups(table[m]["seeds"], groups))],
+                              dtype=float)
             finite = shares[np.isfinite(shares)]
             out[m][str(k)] = {"value": None if not np.isfinite(value) else float(value),
                               "ci": [float(q) for q in np.quantile(finite, [0.025, 0.975])] if finite.size else None,
@@ -108,7 +113,8 @@ def oracle_share(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int
     return out
 
 
-def vs_hard_only(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int = 1000, seed: int = 0) -> dict:
+def vs_hard_only(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int = 1000, seed: int = 0,
+                 groups: Mapping[int, int] | None = None) -> dict:
     """M - Hard-Only in pass@k for every other model M (the question "does it beat Hard-Only on
     the hard test split?"), with a paired two-level bootstrap 95% CI: seeds, then test problems,
     the same draws for both (`_means`)."""
@@ -121,7 +127,7 @@ def vs_hard_only(table: Mapping[str, Mapping], ks: Sequence[int], *, n_boot: int
         out[m] = {}
         for k in ks:
             x = _paired(table, (m, "hard_only"), k)  # (2, S, P)
-            means = _means(x, n_boot, seed)  # (n_boot, 2)
+            means = _means(x, n_boot, seed, _groups(table[m]["seeds"], groups))  # (n_boot, 2)
             out[m][str(k)] = {"diff": float(x[0].mean() - x[1].mean()), "ci": _ci(means[:, 0] - means[:, 1])}
     return out
 
@@ -139,16 +145,34 @@ def _paired(table: Mapping[str, Mapping], models: Sequence[str], k: int) -> np.n
     return np.array([table[m]["per_seed_problem"][str(k)] for m in models], dtype=float)
 
 
-def _means(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+def _groups(seeds, groups: Mapping[int, int] | None) -> list[int] | None:
+    """The group (SOAR seed) of each of `seeds`, in sorted order as `_paired` stacks them."""
+    return None if groups is None else [groups[int(s)] for s in sorted(seeds)]
+
+
+def _means(x: np.ndarray, n_boot: int, seed: int, groups: Sequence[int] | None = None) -> np.ndarray:
     """Two-level bootstrap of (rows, S, P) values: each draw resamples the seeds, then the test
     problems, with replacement, the same seeds and problems for every row (paired); returns the
     (n_boot, rows) means. Seeds are the unit of replication (a fresh student's seed moves its
-    score by tens of points here), problems the unit of the test set."""
+    score by tens of points here), problems the unit of the test set.
+
+    groups (one per seed): nested seeds, the SOAR seed each fresh seed learned from. Seeds of one
+    group share its SOAR run, so they are not independent replicates: a draw then resamples the
+    groups, then the seeds within each drawn group (a cluster bootstrap). Without groups, or with
+    one seed a group, it is the plain seed resample (the same draws)."""
     rng = np.random.default_rng(seed)
     _, n_seeds, n_problems = x.shape
+    members = None
+    if groups is not None and len(set(groups)) < n_seeds:
+        members = [np.flatnonzero(np.asarray(groups) == g) for g in dict.fromkeys(groups)]
     out = np.empty((n_boot, x.shape[0]))
     for b in range(n_boot):
-        s, p = rng.integers(0, n_seeds, n_seeds), rng.integers(0, n_problems, n_problems)
+        if members is None:
+            s = rng.integers(0, n_seeds, n_seeds)
+        else:
+            drawn = [members[i] for i in rng.integers(0, len(members), len(members))]
+            s = np.concatenate([m[rng.integers(0, len(m), len(m))] for m in drawn])
+        p = rng.integers(0, n_problems, n_problems)
         out[b] = x[:, s][:, :, p].mean(axis=(1, 2))
     return out
 
@@ -202,19 +226,22 @@ def paper_vs_ours(metrics: Mapping, *, label: str) -> str:
 
 
 def metrics(records: Mapping[str, Mapping[str, Mapping[int, Sequence[Mapping]]]], ks: Sequence[int], *,
-            n_samples: int, n_boot: int = 1000, seed: int = 0) -> dict:
+            n_samples: int, n_boot: int = 1000, seed: int = 0, groups: Mapping[int, int] | None = None) -> dict:
     """results/eval/metrics.json from {benchmark: {model: {seed: records}}}: the summary of
-    every model on every benchmark, the Oracle shares and every model's difference to Hard-Only."""
+    every model on every benchmark, the Oracle shares and every model's difference to Hard-Only.
+    groups: {fresh seed: the SOAR seed it learned from} (`soar.retrain.soar_seeds`), for the CIs."""
     ks = [int(k) for k in ks]
     if max(ks) > n_samples:
         raise ValueError(f"evaluate.ks {ks} has a k above evaluate.n_samples = {n_samples}")
-    benches = {b: summarize(runs, ks, n_boot=n_boot, seed=seed) for b, runs in records.items()}
+    groups = None if groups is None else {int(s): int(g) for s, g in groups.items()}
+    benches = {b: summarize(runs, ks, n_boot=n_boot, seed=seed, groups=groups) for b, runs in records.items()}
     # compute spent sampling, summed over the (benchmark, model, seed) jobs, whether this run or an
     # earlier one made them (each job's records carry its wall time)
     jobs = [recs for runs in records.values() for by_seed in runs.values() for recs in by_seed.values()]
     return {"ks": ks, "n_samples": n_samples, "n_boot": n_boot, "benchmarks": benches,
-            "oracle_share": {b: oracle_share(t, ks, n_boot=n_boot, seed=seed) for b, t in benches.items()},
-            "vs_hard_only": {b: vs_hard_only(t, ks, n_boot=n_boot, seed=seed) for b, t in benches.items()},
+            "seed_groups": None if groups is None else {str(s): g for s, g in sorted(groups.items())},
+            **{name: {b: f(t, ks, n_boot=n_boot, seed=seed, groups=groups) for b, t in benches.items()}
+               for name, f in (("oracle_share", oracle_share), ("vs_hard_only", vs_hard_only))},
             "jobs": len(jobs), "wall_s": sum(float(recs[0].get("wall_s", 0.0)) for recs in jobs if recs)}
 
 

@@ -381,7 +381,7 @@ def step_diversity(metrics: dict, path: str | Path | None = None):
 
 def main_table_bars(metrics: dict, path: str | Path | None = None):
     """The main table as bars: pass@k at the largest k per method, one panel per benchmark;
-    error bars are the two-level bootstrap 95% CI (seeds, then test problems), dots the seeds."""
+    error bars are the evaluate stage's bootstrap 95% CI (soar.evaluation._means), dots the seeds."""
     from soar.evaluation import LABELS, ordered
 
     k = str(max(metrics["ks"]))
@@ -407,7 +407,8 @@ def main_table_bars(metrics: dict, path: str | Path | None = None):
 
 def oracle_share(metrics: dict, path: str | Path | None = None):
     """Share of the Oracle's gain over Hard-Only that each method recovers, per benchmark and k,
-    with paired two-level bootstrap CIs (seeds, then test problems); undefined shares (the Oracle gains nothing) are said, not drawn."""
+    with the evaluate stage's paired bootstrap CIs (soar.evaluation._means); undefined shares (the
+    Oracle gains nothing) are said, not drawn."""
     from soar.evaluation import LABELS, ordered
 
     benches = list(metrics["oracle_share"])

@@ -184,12 +184,22 @@ CONTRASTS = (("grounded_t-curriculum", "base_t-curriculum"), ("grounded_t-curric
              ("grounded_t-curriculum", "intrinsic_t-curriculum"), ("pq-curriculum", "hard_only"))
 
 
+def _resampled(m: dict) -> str:
+    """What the evaluate stage's bootstrap resamples (`soar.evaluation._means`)."""
+    groups = (m.get("seed_groups") or {}).values()
+    nested = len(set(groups)) < len(groups)
+    return ("SOAR seeds, then the fresh seeds nested in each, then test problems" if nested
+            else "seeds, then test problems")
+
+
 def contrasts(m: dict) -> dict:
     """{benchmark: {(A, B): {k: {"diff", "ci"}}}}: A - B in pass@k for each pair of CONTRASTS whose
     models were both evaluated, from results/eval/metrics.json's per-seed per-problem scores with
-    the evaluate stage's own paired two-level bootstrap (its n_boot; the draws of vs_hard_only)."""
-    from soar.evaluation import _ci, _means, _paired
+    the evaluate stage's own paired two-level bootstrap (its n_boot and seed groups; the draws of
+    vs_hard_only)."""
+    from soar.evaluation import _ci, _groups, _means, _paired
 
+    groups = m.get("seed_groups") and {int(s): g for s, g in m["seed_groups"].items()}
     out = {}
     for bench, table in m["benchmarks"].items():
         out[bench] = {}
@@ -198,7 +208,7 @@ def contrasts(m: dict) -> dict:
                 diffs = {}
                 for k in m["ks"]:
                     x = _paired(table, (a, b), k)
-                    means = _means(x, m["n_boot"], 0)
+                    means = _means(x, m["n_boot"], 0, _groups(table[a]["seeds"], groups))
                     diffs[str(k)] = {"diff": float(x[0].mean() - x[1].mean()), "ci": _ci(means[:, 0] - means[:, 1])}
                 out[bench][(a, b)] = diffs
     return out
@@ -476,6 +486,38 @@ def stage_times(root: Path) -> str:
     return _table(["stage (executed notebooks)", "minutes", "run on"], rows)
 
 
+def teachers_parted(root: Path, reference: str = "grounded") -> str:
+    """Did the teachers' updates change what they write? Every variant samples its teacher with the
+    same seeds at the same step, so a question the grounded teacher writes is, position for
+    position, the one another variant's teacher wrote unless their weights differ enough to flip a
+    sampled token. The share of identical questions, per other variant: at the first and last outer
+    step, mean over the seeds both ran (a run's step files, `results/soar/<variant>/seed<k>/samples`)."""
+    def questions(run: Path) -> list[list[str]]:
+        return [[q for r in map(json.loads, f.read_text().splitlines()) for q in r["questions"]]
+                for f in sorted((run / "samples").glob("step_*.jsonl"))]
+
+    soar_dir = root / paths.RESULTS / "soar"
+    parts = []
+    for other in sorted(p.name for p in soar_dir.glob("*") if p.is_dir() and p.name != reference):
+        shares = []  # per seed: the share of identical questions at each step both runs reached
+        for run in sorted((soar_dir / reference).glob("seed*")):
+            if not (soar_dir / other / run.name / "samples").is_dir():
+                continue
+            a, b = questions(run), questions(soar_dir / other / run.name)
+            shares.append([sum(x == y for x, y in zip(qa, qb)) / max(len(qa), 1) for qa, qb in zip(a, b)])
+        shares = [s for s in shares if s]
+        if shares:
+            first, last = (sum(s[i] for s in shares) / len(shares) for i in (0, -1))
+            each = ", ".join(f"{s[-1]:.0%}" for s in shares)
+            parts.append(f"the {other} teacher's {first:.0%} at the first outer step and {last:.0%} at the last "
+                         f"(per seed {each})")
+    if not parts:
+        return ""
+    return (f"- **Did the teachers part?** Each variant samples its teacher with the same seeds, so two teachers "
+            f"write the very same question at a position until their updates have changed a sampled token. Of the "
+            f"{reference} teacher's questions, identical to " + "; to ".join(parts) + ".")
+
+
 def findings(root: Path) -> str:
     """The questions the default run answers, each from its results file: is the grounded teacher
     reward above 0; does each method beat Hard-Only on the hard test split; what happens to the
@@ -536,6 +578,9 @@ def findings(root: Path) -> str:
             lines.append(f"- **Grounded teacher reward, {variant}** (greedy Q_R accuracy of a student trained on a "
                          f"proposed dataset, minus its baseline's): up to the first promotion "
                          f"{summary(before)}; after it {summary(after)}.")
+    parted = teachers_parted(root)
+    if parted:
+        lines.append(parted)
     m = _load(root / paths.RESULTS / "eval" / "metrics.json")
     if m and m.get("vs_hard_only"):
         from soar.evaluation import LABELS
@@ -551,7 +596,7 @@ def findings(root: Path) -> str:
                     cells.append(f"{100 * d['diff']:+.1f} ({100 * d['ci'][0]:+.1f} to {100 * d['ci'][1]:+.1f}) {sign}")
                 rows.append([LABELS.get(model, model), *cells])
             lines += ["", f"Difference to Hard-Only on {bench} (hard test split), pass@k in points, paired "
-                      "two-level bootstrap 95% CI over seeds and test problems (**+** / **−**: the CI excludes 0; "
+                      f"bootstrap 95% CI ({_resampled(m)}; **+** / **−**: the CI excludes 0; "
                       "= not shown):", "",
                       _table(["model", "pass@1", f"pass@{k}"], rows)]
     pre = contrasts(m) if m else {}  # one bootstrap per pair: computed once
@@ -567,8 +612,8 @@ def findings(root: Path) -> str:
                 parts.append(f"{LABELS.get(a_, a_)} − {LABELS.get(b_, b_)} {100 * d['diff']:+.1f} points "
                              f"({100 * d['ci'][0]:+.1f} to {100 * d['ci'][1]:+.1f}: {verdict})")
             if parts:
-                lines += ["", f"- **The pre-registered comparisons**, {bench} pass@{k}, paired two-level bootstrap "
-                          "95% CI (seeds, then test problems): " + "; ".join(parts) + "."]
+                lines += ["", f"- **The pre-registered comparisons**, {bench} pass@{k}, paired bootstrap "
+                          f"95% CI ({_resampled(m)}): " + "; ".join(parts) + "."]
     a = _load(root / paths.RESULTS / "analysis" / "metrics.json")
     if a:
         vendi = ", ".join(f"{name} {v['mean']:.2f} ± {v['std']:.2f}" for name, v in a["vendi"].items()

@@ -494,24 +494,40 @@ def evaluate_all(cfg, student, promoted: dict[int, PromotedStudent], *,
                 digests[c] = weights_digest([torch.load(c, map_location="cpu", mmap=True)])
         return "+".join(digests[c] for c in ckpts)
 
-    jobs = []
+    jobs = []  # (benchmark, problems, model, seed, the PS's SOAR seed or None, checkpoints, weights tag)
     for bench, (pool, problems) in test_sets(cfg).items():
         for seed in rc.seeds:
             ps = promoted[pairs[seed]]
-            jobs += [(bench, problems, BASE, seed, student, [None], ""),
-                     (bench, problems, PS, seed, ps.policy, [None], ps.digest)]
+            jobs += [(bench, problems, BASE, seed, None, [None], ""),
+                     (bench, problems, PS, seed, pairs[seed], [None], ps.digest)]
             for m in rc.methods:
                 where = paths.retrain_run(pool, m, seed)
                 done = data.read_json(paths.stage_dir("retrain", where) / "metrics.json")
                 ckpts = [checkpoint_file(paths.run_checkpoint("retrain", where), s) for s in done["eval_checkpoints"]]
-                jobs.append((bench, problems, m, seed, student, ckpts, weights_of(ckpts)))
-    for bench, problems, model, seed, policy, ckpts, tag in tqdm(jobs, desc="evaluate"):
+                jobs.append((bench, problems, m, seed, None, ckpts, weights_of(ckpts)))
+    # one PS model in memory at a time (paper size: a student each), so the PS jobs go last, grouped
+    # by SOAR seed; a PS of no promotion is the base student itself. Each job is seeded: order-free.
+    held: dict[int, object] = {}
+
+    def policy_of(soar_seed):
+        if soar_seed is None or promoted[soar_seed].promotions == 0:
+            return student
+        if soar_seed not in held:
+            held.clear()  # the previous PS goes before the next one loads
+            held[soar_seed] = promoted_policy(cfg, promoted[soar_seed])
+        return held[soar_seed]
+
+    results = {}
+    order = sorted(range(len(jobs)), key=lambda j: (jobs[j][4] is not None, jobs[j][4] or 0, j))
+    for j in tqdm(order, desc="evaluate"):
+        bench, problems, model, seed, soar_seed, ckpts, tag = jobs[j]
         path = paths.eval_samples(bench, model, seed)
         fp = run_fingerprint({"settings": settings, "model": model, "tag": tag,
                               "checkpoints": [c and c.name for c in ckpts]}, seed, problems, stage="evaluate")
         if path.exists() and (old := data.read_jsonl(path)) and old[0].get("fingerprint") == fp:
-            out.setdefault(bench, {}).setdefault(model, {})[seed] = old
+            results[j] = old
             continue
+        policy = policy_of(soar_seed)
         records, start = [], time.perf_counter()
         for ckpt in ckpts:
             policy.reset(seed=0)  # the base (LoRA B = 0), or the promoted base for PS
@@ -526,18 +542,20 @@ def evaluate_all(cfg, student, promoted: dict[int, PromotedStudent], *,
         wall_s = time.perf_counter() - start  # the whole job's, on each of its records
         records = [dict(r, wall_s=wall_s) for r in records]
         data.write_jsonl(path, records)
-        out.setdefault(bench, {}).setdefault(model, {})[seed] = records
+        results[j] = records
+    for j, (bench, _, model, seed, *_) in enumerate(jobs):  # in table order, whatever order they ran in
+        out.setdefault(bench, {}).setdefault(model, {})[seed] = results[j]
     return out
 
 
 @dataclass
 class PromotedStudent:
-    """The PS row's model. policy: the base model with the first `promotions` promotions of the
-    grounded SOAR run merged in; d_train_scores: the greedy score on D_train of each promoted
-    student (after promotion 1, 2, ...), which chose it; digest: its weights' hash (the merged
-    promotions), which keys its evaluation."""
+    """The PS row's model: the base model with the first `promotions` promotions of the grounded
+    SOAR run of `soar_seed` merged in (`promoted_policy` builds it); d_train_scores: the greedy score
+    on D_train of each promoted student (after promotion 1, 2, ...), which chose it; digest: its
+    weights' hash (the merged promotions), which keys its evaluation."""
 
-    policy: object
+    soar_seed: int
     promotions: int
     d_train_scores: list[float]
     digest: str
@@ -564,18 +582,27 @@ def promoted_student(cfg, soar_seed: int, *, grader=None) -> PromotedStudent:
     from soar.teacher import q_r_score, reward_pool
 
     grader = grader or worlds.of(cfg).grader(cfg.grading)
+    promotions, d_train, scores = _promotions(soar_seed), reward_pool(cfg), []
+    if promotions:
+        policy = load_policy(cfg.model, cfg.student)
+        for p in promotions:  # each promoted student in turn: merge the next promotion, score it
+            policy.merge(p["state"])
+            scores.append(q_r_score(policy.model, policy.tokenizer, d_train, cfg, grader=grader))
+        del policy  # evaluate_all builds the chosen one when its turn comes (one student in memory)
+    best = best_promotion(scores)
+    return PromotedStudent(soar_seed, best, scores, weights_digest([p["state"] for p in promotions[:best]]))
+
+
+def promoted_policy(cfg, ps: PromotedStudent):
+    """The PS's model: a fresh base student with the PS's promotions merged in."""
+    policy = load_policy(cfg.model, cfg.student)
+    for p in _promotions(ps.soar_seed)[: ps.promotions]:
+        policy.merge(p["state"])
+    return policy
+
+
+def _promotions(soar_seed: int) -> list[dict]:
     # the state also holds the teacher and its optimizer (paper size: tens of GB): mmap, read only
     # the promotions
-    state = torch.load(soar_files("grounded", soar_seed)[1], map_location="cpu", mmap=True,
-                       weights_only=False)
-    promotions, d_train = state.promotions, reward_pool(cfg)
-    policy, scores = load_policy(cfg.model, cfg.student), []
-    for p in promotions:  # each promoted student in turn: merge the next promotion, score it
-        policy.merge(p["state"])
-        scores.append(q_r_score(policy.model, policy.tokenizer, d_train, cfg, grader=grader))
-    best = best_promotion(scores)
-    if best < len(promotions):  # an earlier one is better: merge its promotions into a fresh base
-        policy = load_policy(cfg.model, cfg.student)
-        for p in promotions[:best]:
-            policy.merge(p["state"])
-    return PromotedStudent(policy, best, scores, weights_digest([p["state"] for p in promotions[:best]]))
+    return torch.load(soar_files("grounded", soar_seed)[1], map_location="cpu", mmap=True,
+                      weights_only=False).promotions

@@ -66,3 +66,24 @@ def test_the_teacher_reward_ci_resamples_seeds_first(tmp_path):
     line = next(x for x in report.findings(tmp_path).splitlines() if "Grounded teacher reward, grounded" in x)
     assert "+0.050 ± 0.071 (mean ± SD over 2 seeds; 95% CI over seeds, then their 200 datasets: +0.000 to +0.100" in line
     assert "**not distinguishable from 0**" in line and "after it no dataset" in line
+
+
+def test_teachers_that_wrote_the_same_questions_are_said_not_to_have_parted(tmp_path):
+    """Two seeds, two steps: the shuffled teacher of seed 0 writes what the grounded one writes at
+    both steps; seed 1's writes one question of two alike at its last step. The intrinsic teacher
+    ran only seed 0, and differs there from step 0 on."""
+    def run(variant, seed, steps):
+        (tmp_path / f"results/soar/{variant}/seed{seed}/samples").mkdir(parents=True)
+        for t, qs in enumerate(steps):
+            (tmp_path / f"results/soar/{variant}/seed{seed}/samples/step_{t:06d}.jsonl").write_text(
+                json.dumps({"step": t, "questions": qs}) + "\n")
+
+    for seed in (0, 1):
+        run("grounded", seed, [["1+1", "2+2"], ["3+3", "4+4"]])
+    run("shuffled", 0, [["1+1", "2+2"], ["3+3", "4+4"]])
+    run("shuffled", 1, [["1+1", "2+2"], ["3+3", "9+9"]])
+    run("intrinsic", 0, [["5+5", "2+2"], ["7+7", "8+8"]])
+    line = report.teachers_parted(tmp_path)
+    assert "the intrinsic teacher's 50% at the first outer step and 0% at the last (per seed 0%)" in line
+    assert "the shuffled teacher's 100% at the first outer step and 75% at the last (per seed 100%, 50%)" in line
+    assert report.teachers_parted(tmp_path / "nothing") == ""

@@ -8,7 +8,7 @@ import pytest
 from soar import config, evaluation, retrain, tracking
 from soar.data import Problem
 from soar.models import load_model
-from soar.policy import Policy
+from soar.policy import Policy, load_policy
 from soar.student import evaluate_student
 
 SYN = [Problem(id=f"syn{i}", problem=f"What is {i} + 1?", answer=str(i + 1)) for i in range(3)]
@@ -205,6 +205,30 @@ def test_a_difference_carried_by_one_seed_is_not_shown():
     with pytest.raises(ValueError, match="same seeds"):
         evaluation.vs_hard_only(evaluation.summarize({"hard_only": {0: _records([0])}, "oracle": {1: _records([1])}},
                                                      [1], n_boot=10), [1], n_boot=10)
+
+
+def test_nested_seeds_resample_their_soar_runs_first():
+    """Six fresh seeds over three SOAR runs (0, 3 learn from run 0; 1, 4 from 1; 2, 5 from 2); PQ
+    beats Hard-Only by 1 in the fresh seeds of runs 0 and 1, by 0 in run 2's. Seeds drawn as if
+    independent leave out every winning seed in (2/6)^6 = 0.1% of draws: "shown". Drawn by SOAR run
+    first, run 2 alone is (1/3)^3 = 3.7% of draws: the CI reaches 0, not shown. Without groups, or
+    with one seed a group, the draws are the plain seed resample's."""
+    win = {0: 1, 1: 1, 2: 0, 3: 1, 4: 1, 5: 0}
+    runs = {"hard_only": {s: _records([0] * 8) for s in win},
+            "pq-curriculum": {s: _records([4 * w] * 8) for s, w in win.items()}}
+    groups = {s: s % 3 for s in win}
+    plain = evaluation.metrics({"t": runs}, [1], n_samples=4, n_boot=2000)
+    nested = evaluation.metrics({"t": runs}, [1], n_samples=4, n_boot=2000, groups=groups)
+    d_plain, d_nested = (m["vs_hard_only"]["t"]["pq-curriculum"]["1"] for m in (plain, nested))
+    assert d_plain["diff"] == d_nested["diff"] == pytest.approx(2 / 3)
+    assert d_plain["ci"][0] > 0 and d_nested["ci"][0] == pytest.approx(0.0)
+    assert nested["seed_groups"] == {str(s): g for s, g in groups.items()} and plain["seed_groups"] is None
+    singletons = evaluation.metrics({"t": runs}, [1], n_samples=4, n_boot=2000, groups={s: s for s in win})
+    assert singletons["vs_hard_only"] == plain["vs_hard_only"] and singletons["benchmarks"] == plain["benchmarks"]
+    from soar import report  # the README's pre-registered contrasts draw the same way
+
+    assert report.contrasts(nested)["t"][("pq-curriculum", "hard_only")] == {"1": d_nested}
+    assert "SOAR seeds, then the fresh seeds" in report._resampled(nested) and "SOAR" not in report._resampled(plain)
 
 
 def test_tables_have_a_row_per_method_and_the_paper_column():
@@ -456,6 +480,13 @@ def test_promoted_student_is_the_promoted_student_best_on_d_train(tmp_path, monk
     ps = retrain.promoted_student(cfg, 0, grader=None)
     assert (ps.promotions, ps.d_train_scores) == (2, [0.1, 0.3, 0.2])
     assert ps.digest == retrain.weights_digest([p["state"] for p in promotions[:2]])
+    built, expected = retrain.promoted_policy(cfg, ps), load_policy(cfg.model, cfg.student)
+    for p in promotions[:2]:  # what evaluate_all evaluates: the base with the first two merged
+        expected.merge(p["state"])
+    got, want = built.model.state_dict(), expected.model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert not torch.equal(got[k := next(k for k in want if "lora" not in k and "proj" in k)],
+                           load_policy(cfg.model, cfg.student).model.state_dict()[k])  # merged: not the base
 
 
 def test_fresh_seeds_are_nested_in_the_soar_seeds_and_learn_from_their_runs(tmp_path, monkeypatch):
