@@ -40,14 +40,11 @@ repro: setup
 	  { grep -a '^soar: ' .dvc/tmp/repro.log | tail -n 1; exit 1; }
 	$(BIN)/python -m soar.report  # README blocks from results/
 
-# One pytest worker per core (pytest-xdist; TESTS_WORKERS=0 runs them in this process), each test file
-# on one worker (its module fixtures, such as the smoke pipeline's repro, are built once).
-TESTS_WORKERS ?= auto
 test: setup
-	$(BIN)/python -m pytest -q -n $(TESTS_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -n $(TESTS_WORKERS) --dist loadfile -m 'not slow'
+	$(BIN)/python -m pytest -q -m 'not slow'
 
 # The paper profile's code path (full fine-tuning, bf16, every stage to the main table) on a random
 # scaled-down Llama at toy sizes, in a scratch folder; about 2.5 minutes on 2 CPU cores (README).

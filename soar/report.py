@@ -250,7 +250,9 @@ def main_table(root: Path) -> str:
         lines.append("Seeds are nested (PAPER.md): the fresh students (and SOAR-PS) of seeds "
                      + "; ".join(f"{', '.join(map(str, sorted(f)))} learn from the SOAR runs of seed {s}"
                                  for s, f in sorted(nested.items()))
-                     + ", so the CIs over seeds cover the SOAR runs' variance too.")
+                     + ", so the CIs over seeds cover the SOAR runs' variance too"
+                     + ("; they resample the SOAR seeds first, then the fresh seeds within each (fresh seeds that "
+                        "share a SOAR run are not independent replicates)." if m and m.get("seed_groups") else "."))
     if rt and all("died" in r for r in rt["runs"]):
         from collections import Counter
 
