@@ -91,12 +91,15 @@ def test_the_stacked_forward_is_the_hf_llama_of_each_student(world):
 
 
 def test_batched_full_students_are_the_students_trained_one_after_another(world, monkeypatch):
-    """K = 3 students (own datasets and seeds), 3 RLOO steps: the same answers at every step, the same
-    rewards, Q_R scores, and weights up to float round-off; a student mixed up with another would fail."""
+    """K = 3 students (own datasets and seeds), 2 RLOO steps: the same answers at both steps (the second
+    sampled after one update), the same rewards, Q_R scores, and weights up to float round-off; a
+    student mixed up with another would fail. Two steps, not three: SGD at lr 30 amplifies round-off
+    step by step, and on an Intel Xeon the third step's samples flipped a token (on an AMD EPYC they
+    did not), while a mixed-up student already shows in the second step's answers and the weights."""
     cfg, policy, pool = world
     # questions this partly trained model half solves, so every step's rewards vary
     easy = [p for p in addition.pool("addition_train") if p.metadata["level"] <= 1]
-    datasets, seeds, steps = [easy[16 * k : 16 * (k + 1)] for k in range(3)], [seed_from(7, k) for k in range(3)], 3
+    datasets, seeds, steps = [easy[16 * k : 16 * (k + 1)] for k in range(3)], [seed_from(7, k) for k in range(3)], 2
     q_r = pool[-32:]
 
     def sgd(params, *, lr, warmup_steps, total_steps):
