@@ -252,7 +252,7 @@ def main_table(root: Path) -> str:
                                  for s, f in sorted(nested.items()))
                      + ", so the CIs over seeds cover the SOAR runs' variance too"
                      + ("; they resample the SOAR seeds first, then the fresh seeds within each (fresh seeds that "
-                        "share a SOAR run are not independent replicates)." if m and m.get("seed_groups") else "."))
+                        "share a SOAR run are not independent replicates)." if m and "SOAR" in _resampled(m) else "."))
     if rt and all("died" in r for r in rt["runs"]):
         from collections import Counter
 
