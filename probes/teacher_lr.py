@@ -8,14 +8,13 @@ each group, soar.policy.update of the teacher (AdamW cosine over the steps, the 
     python probes/teacher_lr.py questions  # P9: P7's grid with the loss on the questions' tokens only
 Writes results/world-probes/teacher_lr.json (explore: teacher_lr_explore.json; questions:
 teacher_lr_questions.json)."""
+import dataclasses
 import json
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
-
-import dataclasses
 
 import torch
 
@@ -42,7 +41,7 @@ def run(lr: float, seed: int, snr: float | None, soar: dict | None = None, quest
     teacher = load_policy(cfg.model, tc)
     optimizer, scheduler = make_optimizer(teacher, lr=lr, warmup_steps=tc.warmup_steps, total_steps=sc.outer_steps)
     noise = random.Random(seed_from(seed, 77, 0 if snr is None else int(snr * 1000) + 1))
-    steps = []
+    steps, end = [], teacher.tokenizer.convert_tokens_to_ids("</question>")
     for t in range(sc.outer_steps):
         try:
             datasets, _ = propose_datasets(teacher, sc.group_size * sc.groups_per_step, sc.n, tc, cfg.generation,
@@ -63,7 +62,6 @@ def run(lr: float, seed: int, snr: float | None, soar: dict | None = None, quest
         A = rl.rloo_advantages(torch.tensor(rewards).view(sc.groups_per_step, sc.group_size)).flatten()
         pairs = [s for X in datasets for s in X.samples]
         if questions:
-            end = teacher.tokenizer.convert_tokens_to_ids("</question>")
             pairs = [question_only(s, end) for s in pairs]
         adv = torch.cat([A[k].repeat(len(X.samples)) for k, X in enumerate(datasets)])
         update(teacher, optimizer, scheduler, pairs, adv, kl_coef=tc.kl_coef, max_grad_norm=tc.max_grad_norm,
@@ -98,9 +96,7 @@ def explore() -> None:
                 start = time.time()
                 r = run(lr, seed, None, soar)
                 out["runs"].append(r)
-                print(f"lr {lr:g} {soar} seed {seed}: stone {r['first']:.3f} -> {r['last']:.3f}, correct "
-                      f"{r['correct_last']:.2f}, moves {r['moves']}, breaks {r['breaks']} ({time.time() - start:.0f} s)",
-                      flush=True)
+                print(f"lr {lr:g} {soar} seed {seed}: {_line(r)} ({time.time() - start:.0f} s)", flush=True)
                 path.write_text(json.dumps(out, indent=1))
 
 
