@@ -40,14 +40,18 @@ def rloo_advantages(rewards: Tensor) -> Tensor:
         A_i = R_i - 1/(G-1) sum_{j != i} R_j = G/(G-1) (R_i - mean_j R_j)
 
     rewards: (..., G), G >= 2. Returns (..., G), summing to 0 over each group (Proposition 1),
-    and 0 for a group of equal rewards (no learning signal, e.g. a fail@k question with 0/G).
+    and exactly 0 for a group of equal rewards (no learning signal, e.g. a fail@k question with
+    0/G). Exactly, not up to round-off: the mean of G copies of 0.1 is not 0.1 in float32, and
+    Adam divides the resulting ~1e-8 gradients by their own size, so a student that never sees
+    a success would take lr-sized steps in a round-off direction (it drifted to KL 0.13 in 10).
     """
     G = rewards.shape[-1]
     if G < 2:
         raise ValueError(f"RLOO needs at least 2 samples per group, got G={G}")
     rewards = rewards.float() if not rewards.is_floating_point() else rewards
     baseline = rewards.mean(dim=-1, keepdim=True)  # (..., 1)
-    return G / (G - 1) * (rewards - baseline)  # (..., G)
+    spread = (rewards != rewards[..., :1]).any(dim=-1, keepdim=True)  # (..., 1)
+    return torch.where(spread, G / (G - 1) * (rewards - baseline), torch.zeros_like(rewards))  # (..., G)
 
 
 def policy_gradient_loss(

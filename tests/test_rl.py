@@ -58,9 +58,10 @@ def test_rloo_sums_to_zero_per_group_with_batch_dims():
         torch.testing.assert_close(A[idx], torch.tensor(leave_one_out(rewards[idx].tolist())))
 
 
-@pytest.mark.parametrize("value", [0.0, 1.0, -0.5])
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.5, 0.1, 0.3])
 def test_rloo_zero_for_equal_rewards(value):
-    # a fail@k question (all 0) or an all-solved one gives no signal
+    # a fail@k question (all 0) or an all-solved one gives no signal; exactly none for a group at
+    # the format credit too (0.1 and 0.3 leave a ~1e-8 mean round-off, which Adam would amplify)
     assert torch.equal(rloo_advantages(torch.full((2, 6), value)), torch.zeros(2, 6))
 
 
