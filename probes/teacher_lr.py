@@ -6,8 +6,9 @@ each group, soar.policy.update of the teacher (AdamW cosine over the steps, the 
     python probes/teacher_lr.py            # the pre-registered grid, then the noisy arms
     python probes/teacher_lr.py explore    # after P7, not pre-registered: more steps or datasets
     python probes/teacher_lr.py questions  # P9: P7's grid with the loss on the questions' tokens only
+    python probes/teacher_lr.py budget     # P10: the outer steps and datasets it needs at the grounded SNR
 Writes results/world-probes/teacher_lr.json (explore: teacher_lr_explore.json; questions:
-teacher_lr_questions.json)."""
+teacher_lr_questions.json; budget: teacher_lr_budget.json)."""
 import dataclasses
 import json
 import random
@@ -100,9 +101,32 @@ def explore() -> None:
                 path.write_text(json.dumps(out, indent=1))
 
 
+def budget() -> None:
+    """P10 (docs/world-design.md): at the grounded reward's SNR (0.17, P9) and the default lr, does a
+    larger outer budget move the teacher, with either loss? Budgets in increasing cost; pure-noise
+    controls only where the SNR arm moved in both seeds."""
+    torch.set_num_threads(2)
+    out, path = {"stone": STONE, "lr": 5e-5, "snr": 0.17, "runs": []}, OUT.with_name("teacher_lr_budget.json")
+    for soar in ({"outer_steps": 48}, {"outer_steps": 48, "groups_per_step": 8}, {"outer_steps": 192}):
+        for questions in (False, True):
+            for snr in (0.17, 0):
+                rows = [r for r in out["runs"] if r["soar"] == soar and r["questions_only"] == questions]
+                if snr == 0 and not all(r["moves"] for r in rows):
+                    continue  # the control answers only whether a move came from the signal
+                for seed in (0, 1):
+                    start = time.time()
+                    r = run(5e-5, seed, snr, soar, questions=questions)
+                    out["runs"].append(r)
+                    print(f"{soar} questions-only {questions} snr {snr} seed {seed}: {_line(r)} "
+                          f"({time.time() - start:.0f} s)", flush=True)
+                    path.write_text(json.dumps(out))  # one line: ~200 steps a run
+
+
 def main() -> None:
     if sys.argv[1:] == ["explore"]:
         return explore()
+    if sys.argv[1:] == ["budget"]:
+        return budget()
     questions = sys.argv[1:] == ["questions"]
     path = OUT.with_name("teacher_lr_questions.json") if questions else OUT
     torch.set_num_threads(2)
