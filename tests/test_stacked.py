@@ -142,6 +142,25 @@ def test_batched_full_students_are_the_students_trained_one_after_another(world,
         policy.load_state(b.state)  # each student's state loads into the HF model
 
 
+def test_students_that_see_no_reward_spread_do_not_move(world, monkeypatch):
+    """Every answer at the format credit (a hard question answered wrongly in the right format): no
+    signal, so no step, one at a time or batched. The float32 mean of eight 0.1s is not 0.1, and
+    AdamW would turn the ~1e-8 leftover into lr-sized steps (every Hard-Only student drifted so)."""
+    cfg, policy, pool = world
+    monkeypatch.setattr("soar.grading.student_rewards", lambda texts, golds, **k: [0.1] * len(texts))
+    assert cfg.student.samples_per_question == 8  # a group size whose mean of 0.1s rounds off
+    grader, datasets, seeds = addition.ExactGrader(), [pool[:16], pool[16:32]], [seed_from(7, k) for k in range(2)]
+    with policy.reference() as base:
+        start = {n: w.detach().clone() for n, w in base.state_dict().items()}
+    alone = train_student(policy, datasets[0], cfg.student, steps=2, seed=seeds[0], grader=grader,
+                          generation=cfg.generation)
+    assert all(torch.equal(start[n], alone.state[n]) for n in alone.state), "a step with no signal moved the student"
+    with train_students(policy, datasets, cfg.student, steps=2, seeds=seeds, grader=grader,
+                        generation=cfg.generation) as (model, names, together):
+        assert isinstance(model, Students)
+    assert all(torch.equal(start[n], run.state[n]) for run in together for n in run.state)
+
+
 def test_each_student_is_clipped_by_its_own_gradient_norm(world):
     """One student with huge advantages (clipped) beside one with small ones (not clipped): each
     update equals soar.policy.update of that student alone (SGD, so the step is the clipped

@@ -1,7 +1,5 @@
 """The inner loop with the real embedded model at toy sizes."""
 
-import dataclasses
-
 import torch
 
 from soar.config import GenerationConfig, StudentConfig
@@ -38,20 +36,6 @@ def test_one_inner_step_changes_the_student_and_not_the_baseline(grader, monkeyp
     base_keys = [k for k in before_ref if "lora_" not in k]
     assert all(torch.equal(before_ref[k], after_ref[k]) for k in base_keys), "the baseline changed"
     assert run.metrics[0]["student/grad_norm"] > 0
-
-
-def test_a_student_that_sees_no_reward_spread_does_not_move(grader, monkeypatch):
-    # Every answer at the format credit (a fail@k question answered wrongly in the right format):
-    # no signal, so no step. The mean of equal 0.1s is not 0.1 in float32, and Adam would turn
-    # the ~1e-8 leftover into an lr-sized step (a Hard-Only student drifted to KL 0.13 that way).
-    model, tok = load_model("smollm2-135m-instruct", device="cpu")
-    policy = Policy(model, tok, adapter="lora", lora_r=4, lora_alpha=8)
-    monkeypatch.setattr("soar.grading.student_rewards", lambda texts, golds, **k: [0.1] * len(texts))
-    cfg = dataclasses.replace(CFG, samples_per_question=8)  # G = 8: the mean of eight 0.1s is 0.1 + 1e-8
-    before = train_student(policy, DATASET, cfg, steps=0, seed=0, grader=grader, generation=GEN).state  # the reset
-    run = train_student(policy, DATASET, cfg, steps=2, seed=0, grader=grader, generation=GEN)
-    assert all(torch.equal(before[k], run.state[k]) for k in before), "a step with no signal moved the student"
-    assert run.metrics[-1]["student/grad_norm"] == 0
 
 
 def test_reset_restores_the_baseline_outputs(grader):
