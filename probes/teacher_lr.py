@@ -7,6 +7,7 @@ each group, soar.policy.update of the teacher (AdamW cosine over the steps, the 
     python probes/teacher_lr.py explore    # after P7, not pre-registered: more steps or datasets
     python probes/teacher_lr.py questions  # P9: P7's grid with the loss on the questions' tokens only
     python probes/teacher_lr.py budget     # P10: the outer steps and datasets it needs at the grounded SNR
+    python probes/teacher_lr.py budget64   # P10's 64x budget (192 x 32), added while P10 ran
 Writes results/world-probes/teacher_lr.json (explore: teacher_lr_explore.json; questions:
 teacher_lr_questions.json; budget: teacher_lr_budget.json)."""
 import dataclasses
@@ -101,13 +102,14 @@ def explore() -> None:
                 path.write_text(json.dumps(out, indent=1))
 
 
-def budget() -> None:
+def budget(budgets=({"outer_steps": 48}, {"outer_steps": 48, "groups_per_step": 8}, {"outer_steps": 192})) -> None:
     """P10 (docs/world-design.md): at the grounded reward's SNR (0.17, P9) and the default lr, does a
     larger outer budget move the teacher, with either loss? Budgets in increasing cost; pure-noise
-    controls only where the SNR arm moved in both seeds."""
+    controls only where the SNR arm moved in both seeds. Adds to the file's runs."""
     torch.set_num_threads(2)
-    out, path = {"stone": STONE, "lr": 5e-5, "snr": 0.17, "runs": []}, OUT.with_name("teacher_lr_budget.json")
-    for soar in ({"outer_steps": 48}, {"outer_steps": 48, "groups_per_step": 8}, {"outer_steps": 192}):
+    path = OUT.with_name("teacher_lr_budget.json")
+    out = json.loads(path.read_text()) if path.exists() else {"stone": STONE, "lr": 5e-5, "snr": 0.17, "runs": []}
+    for soar in budgets:
         for questions in (False, True):
             for snr in (0.17, 0):
                 rows = [r for r in out["runs"] if r["soar"] == soar and r["questions_only"] == questions]
@@ -127,6 +129,8 @@ def main() -> None:
         return explore()
     if sys.argv[1:] == ["budget"]:
         return budget()
+    if sys.argv[1:] == ["budget64"]:  # P10's 64x budget, added while P10 ran (docs/world-design.md)
+        return budget(({"outer_steps": 192, "groups_per_step": 8},))
     questions = sys.argv[1:] == ["questions"]
     path = OUT.with_name("teacher_lr_questions.json") if questions else OUT
     torch.set_num_threads(2)
