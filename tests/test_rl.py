@@ -61,8 +61,10 @@ def test_rloo_sums_to_zero_per_group_with_batch_dims():
 @pytest.mark.parametrize("value", [0.0, 1.0, -0.5, 0.1, 0.3])
 def test_rloo_zero_for_equal_rewards(value):
     # a fail@k question (all 0) or an all-solved one gives no signal; exactly none for a group at
-    # the format credit too (0.1 and 0.3 leave a ~1e-8 mean round-off, which Adam would amplify)
-    assert torch.equal(rloo_advantages(torch.full((2, 6), value)), torch.zeros(2, 6))
+    # the format credit too (in float32, the pipeline's rewards, a group of eight 0.1s or 0.3s
+    # leaves a ~1e-8 mean round-off, which Adam would amplify)
+    for dtype in (torch.float64, torch.float32):
+        assert torch.equal(rloo_advantages(torch.full((2, 8), value, dtype=dtype)), torch.zeros(2, 8, dtype=dtype))
 
 
 def test_rloo_integer_rewards_become_float():
