@@ -493,10 +493,18 @@ def teachers_parted(root: Path, reference: str = "grounded") -> str:
     same seeds at the same step, so a question the grounded teacher writes is, position for
     position, the one another variant's teacher wrote unless their weights differ enough to flip a
     sampled token. The share of identical questions, per other variant: at the first and last outer
-    step, mean over the seeds both ran (a run's step files, `results/soar/<variant>/seed<k>/samples`)."""
+    step, mean over the seeds both ran (a run's step files, `results/soar/<variant>/seed<k>/samples`);
+    and the first outer step at which the reference teacher's update had any signal (a dataset with
+    a nonzero advantage: before it, the update is exactly 0 and the teacher is its start)."""
+    def steps(run: Path) -> list[list[dict]]:
+        return [list(map(json.loads, f.read_text().splitlines())) for f in sorted((run / "samples").glob("step_*.jsonl"))]
+
     def questions(run: Path) -> list[list[str]]:
-        return [[q for r in map(json.loads, f.read_text().splitlines()) for q in r["questions"]]
-                for f in sorted((run / "samples").glob("step_*.jsonl"))]
+        return [[q for r in rows for q in r["questions"]] for rows in steps(run)]
+
+    def first_signal(run: Path) -> str:
+        signal = [t for t, rows in enumerate(steps(run)) if any(r.get("advantage", 0) != 0 for r in rows)]
+        return f"{signal[0]}" if signal else "none"
 
     soar_dir = root / paths.RESULTS / "soar"
     parts = []
@@ -515,9 +523,12 @@ def teachers_parted(root: Path, reference: str = "grounded") -> str:
                          f"(per seed {each})")
     if not parts:
         return ""
+    runs = sorted((soar_dir / reference).glob("seed*"))
     return (f"- **Did the teachers part?** Each variant samples its teacher with the same seeds, so two teachers "
             f"write the very same question at a position until their updates have changed a sampled token. Of the "
-            f"{reference} teacher's questions, identical to " + "; to ".join(parts) + ".")
+            f"{reference} teacher's questions, identical to " + "; to ".join(parts) + f". The {reference} teacher's "
+            f"first update with any signal (a dataset with a nonzero advantage) came at outer step "
+            + ", ".join(first_signal(r) for r in runs) + f" of {len(steps(runs[0]))} (per seed; counting from 0)" + ".")
 
 
 def findings(root: Path) -> str:

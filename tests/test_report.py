@@ -72,18 +72,20 @@ def test_teachers_that_wrote_the_same_questions_are_said_not_to_have_parted(tmp_
     """Two seeds, two steps: the shuffled teacher of seed 0 writes what the grounded one writes at
     both steps; seed 1's writes one question of two alike at its last step. The intrinsic teacher
     ran only seed 0, and differs there from step 0 on."""
-    def run(variant, seed, steps):
+    def run(variant, seed, steps, advantages=(0.0, 0.0)):
         (tmp_path / f"results/soar/{variant}/seed{seed}/samples").mkdir(parents=True)
-        for t, qs in enumerate(steps):
+        for t, (qs, a) in enumerate(zip(steps, advantages)):
             (tmp_path / f"results/soar/{variant}/seed{seed}/samples/step_{t:06d}.jsonl").write_text(
-                json.dumps({"step": t, "questions": qs}) + "\n")
+                json.dumps({"step": t, "questions": qs, "advantage": 0.0}) + "\n"
+                + json.dumps({"step": t, "questions": [], "advantage": a}) + "\n")
 
-    for seed in (0, 1):
-        run("grounded", seed, [["1+1", "2+2"], ["3+3", "4+4"]])
+    for seed, advantages in ((0, (0.0, 0.0)), (1, (0.0, -0.25))):  # seed 1's teacher first had a signal at step 1
+        run("grounded", seed, [["1+1", "2+2"], ["3+3", "4+4"]], advantages)
     run("shuffled", 0, [["1+1", "2+2"], ["3+3", "4+4"]])
     run("shuffled", 1, [["1+1", "2+2"], ["3+3", "9+9"]])
     run("intrinsic", 0, [["5+5", "2+2"], ["7+7", "8+8"]])
     line = report.teachers_parted(tmp_path)
     assert "the intrinsic teacher's 50% at the first outer step and 0% at the last (per seed 0%)" in line
     assert "the shuffled teacher's 100% at the first outer step and 75% at the last (per seed 100%, 50%)" in line
+    assert "first update with any signal (a dataset with a nonzero advantage) came at outer step none, 1 of 2" in line
     assert report.teachers_parted(tmp_path / "nothing") == ""
