@@ -499,21 +499,22 @@ def teachers_parted(root: Path, reference: str = "grounded") -> str:
     def steps(run: Path) -> list[list[dict]]:
         return [list(map(json.loads, f.read_text().splitlines())) for f in sorted((run / "samples").glob("step_*.jsonl"))]
 
-    def questions(run: Path) -> list[list[str]]:
-        return [[q for r in rows for q in r["questions"]] for rows in steps(run)]
+    def questions(rows_by_step: list[list[dict]]) -> list[list[str]]:
+        return [[q for r in rows for q in r["questions"]] for rows in rows_by_step]
 
-    def first_signal(run: Path) -> str:
-        signal = [t for t, rows in enumerate(steps(run)) if any(r.get("advantage", 0) != 0 for r in rows)]
+    def first_signal(rows_by_step: list[list[dict]]) -> str:
+        signal = [t for t, rows in enumerate(rows_by_step) if any(r.get("advantage", 0) != 0 for r in rows)]
         return f"{signal[0]}" if signal else "none"
 
     soar_dir = root / paths.RESULTS / "soar"
+    ref = {run.name: steps(run) for run in sorted((soar_dir / reference).glob("seed*"))}  # read once
     parts = []
     for other in sorted(p.name for p in soar_dir.glob("*") if p.is_dir() and p.name != reference):
         shares = []  # per seed: the share of identical questions at each step both runs reached
-        for run in sorted((soar_dir / reference).glob("seed*")):
-            if not (soar_dir / other / run.name / "samples").is_dir():
+        for seed, rows in ref.items():
+            if not (soar_dir / other / seed / "samples").is_dir():
                 continue
-            a, b = questions(run), questions(soar_dir / other / run.name)
+            a, b = questions(rows), questions(steps(soar_dir / other / seed))
             shares.append([sum(x == y for x, y in zip(qa, qb)) / max(len(qa), 1) for qa, qb in zip(a, b)])
         shares = [s for s in shares if s]
         if shares:
@@ -523,12 +524,12 @@ def teachers_parted(root: Path, reference: str = "grounded") -> str:
                          f"(per seed {each})")
     if not parts:
         return ""
-    runs = sorted((soar_dir / reference).glob("seed*"))
+    signals = ", ".join(first_signal(rows) for rows in ref.values())
     return (f"- **Did the teachers part?** Each variant samples its teacher with the same seeds, so two teachers "
             f"write the very same question at a position until their updates have changed a sampled token. Of the "
             f"{reference} teacher's questions, identical to " + "; to ".join(parts) + f". The {reference} teacher's "
-            f"first update with any signal (a dataset with a nonzero advantage) came at outer step "
-            + ", ".join(first_signal(r) for r in runs) + f" of {len(steps(runs[0]))} (per seed; counting from 0)" + ".")
+            f"first update with any signal (a dataset with a nonzero advantage) came at outer step {signals} of "
+            f"{len(next(iter(ref.values())))} (per seed; counting from 0).")
 
 
 def findings(root: Path) -> str:
