@@ -497,7 +497,8 @@ def teachers_parted(root: Path, reference: str = "grounded") -> str:
     and the first outer step at which the reference teacher's update had any signal (a dataset with
     a nonzero advantage: before it, the update is exactly 0 and the teacher is its start)."""
     def steps(run: Path) -> list[list[dict]]:
-        return [list(map(json.loads, f.read_text().splitlines())) for f in sorted((run / "samples").glob("step_*.jsonl"))]
+        files = sorted((run / "samples").glob("step_*.jsonl"))
+        return [list(map(json.loads, f.read_text().splitlines())) for f in files]
 
     def questions(rows_by_step: list[list[dict]]) -> list[list[str]]:
         return [[q for r in rows for q in r["questions"]] for rows in rows_by_step]
